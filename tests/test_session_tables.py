@@ -1,0 +1,52 @@
+from pyspark.sql import functions as F
+
+from xrec_spark.config import DeltaJars
+from xrec_spark.session import DELTA_EXTENSION, session_conf
+from xrec_spark.tables import ALL_TABLES, BRONZE_QUARANTINE, TableNotFoundError, table
+
+import pytest
+
+from conftest import make_config
+
+
+def test_session_has_delta_and_project_python(spark):
+    import sys
+
+    assert spark.conf.get("spark.sql.extensions") == DELTA_EXTENSION
+    assert spark.sparkContext.pythonExec == sys.executable
+
+
+def test_packages_mode_uses_maven_coordinates(tmp_path):
+    cfg = make_config(tmp_path, spark={"delta": {"jars": "packages"}})
+    conf = session_conf(cfg.spark)
+    assert conf["spark.jars.packages"] == "io.delta:delta-spark_2.13:4.0.1,io.delta:delta-storage:4.0.1"
+    assert "spark.jars" not in conf
+    assert cfg.spark.delta.jars is DeltaJars.PACKAGES
+
+
+def test_table_names_are_unique_and_resolvable():
+    names = [t.qualified for t in ALL_TABLES]
+    assert len(names) == len(set(names))
+    assert table("bronze.events").keys == ("event_id",)
+    with pytest.raises(KeyError, match="unknown table 'bronze.nope'"):
+        table("bronze.nope")
+
+
+def _quarantine_rows(spark, raws):
+    return spark.createDataFrame([(r,) for r in raws], "raw string").select(
+        F.lit("run").alias("run_id"), F.lit("file.csv").alias("source"), "raw",
+        F.lit("why").alias("reason"), F.current_timestamp().alias("quarantined_at"))
+
+
+def test_merge_is_idempotent_and_versions_advance(spark, lakehouse):
+    assert lakehouse.version(BRONZE_QUARANTINE) is None
+    with pytest.raises(TableNotFoundError, match="bronze.quarantine does not exist"):
+        lakehouse.read(BRONZE_QUARANTINE)
+    rows = _quarantine_rows(spark, ["a", "b", "c"])
+    first = lakehouse.merge(BRONZE_QUARANTINE, rows, keys=["raw"], update=False, job="test")
+    again = lakehouse.merge(BRONZE_QUARANTINE, rows, keys=["raw"], update=False, job="test")
+    assert first["numTargetRowsInserted"] == 3
+    assert again == {}
+    assert lakehouse.read(BRONZE_QUARANTINE).count() == 3
+    assert lakehouse.version(BRONZE_QUARANTINE) == 1  # create, merge; the no-op merge commits nothing
+    assert lakehouse.read(BRONZE_QUARANTINE, version=0).count() == 0

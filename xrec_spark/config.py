@@ -1,0 +1,444 @@
+"""Typed, validated configuration for every job.
+
+One frozen pydantic model per concern (spark, lakehouse, ingest, synthetic, features, model,
+train, batch, eval), nested in :class:`JobConfig`. Jobs build it with :func:`load_config` from a
+YAML file plus ``--set section.key=value`` overrides; an unknown key or a wrong type fails at
+start with :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import date
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+# --------------------------------------------------------------------------- spark / storage
+
+
+class DeltaJars(str, Enum):
+    """How the JVM side of Delta Lake reaches Spark.
+
+    ``local``: jars resolved once from Maven Central into ``jars_dir`` and passed as
+    ``spark.jars`` (no network after the first run). ``packages``: ``spark.jars.packages``, for
+    clusters that resolve themselves. ``provided``: the platform already has Delta (Databricks,
+    or ``spark-submit --packages``).
+    """
+
+    LOCAL = "local"
+    PACKAGES = "packages"
+    PROVIDED = "provided"
+
+
+class DeltaConfig(_Section):
+    version: str = "4.0.1"
+    scala_version: str = "2.13"
+    jars: DeltaJars = DeltaJars.LOCAL
+    jars_dir: str = ".cache/jars"
+
+
+class SparkConfig(_Section):
+    master: str = "local[*]"
+    app_name: str = "xrec-spark"
+    shuffle_partitions: int = Field(8, ge=1)
+    driver_memory: str = "4g"
+    # Interpreter for Python workers; None = the driver's own interpreter in local mode.
+    python: str | None = None
+    delta: DeltaConfig = DeltaConfig()
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class LakehouseConfig(_Section):
+    """Root of all Delta tables: a local folder (relative to the working directory) or a URI."""
+
+    root: str = "lakehouse"
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+class FileFormat(str, Enum):
+    AUTO = "auto"
+    PARQUET = "parquet"
+    CSV = "csv"
+    JSON = "json"
+
+
+class TimestampUnit(str, Enum):
+    """How a numeric timestamp column is read; strings are parsed with ``ts_format``."""
+
+    SECONDS = "seconds"
+    MILLIS = "millis"
+
+
+class CsvOptions(_Section):
+    delimiter: str = ","
+    header: bool = True
+    encoding: str = "UTF-8"
+
+
+class EventColumns(_Section):
+    """Source column for each bronze.events field (None: not in the source)."""
+
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    event_ts: str = "event_ts"
+    value: str | None = "rating"
+    event_type: str | None = None
+    category: str | None = None
+
+
+class ItemColumns(_Section):
+    """Source column for each bronze.items field (None: not in the source)."""
+
+    item_id: str = "item_id"
+    category: str | None = "category"
+    title: str | None = "title"
+    text: str | None = None
+    brand: str | None = None
+    price: str | None = None
+    image_vector: str | None = None
+
+
+class EventSource(_Section):
+    path: str
+    format: FileFormat = FileFormat.AUTO
+    columns: EventColumns = EventColumns()
+    csv: CsvOptions = CsvOptions()
+    ts_format: str = "yyyy-MM-dd HH:mm:ss"
+    ts_unit: TimestampUnit = TimestampUnit.SECONDS
+    # event_type for every row when the source has no event_type column.
+    default_event_type: str = "rating"
+
+
+class ItemSource(_Section):
+    path: str
+    format: FileFormat = FileFormat.AUTO
+    columns: ItemColumns = ItemColumns()
+    csv: CsvOptions = CsvOptions()
+
+
+class IngestConfig(_Section):
+    events: EventSource | None = None
+    # None: items (id, category) are derived from the events' category column.
+    items: ItemSource | None = None
+    event_types: list[str] = Field(default_factory=lambda: ["rating", "click", "view", "cart", "purchase"])
+    value_min: float = 1.0
+    value_max: float = 5.0
+    min_ts: date = date(1990, 1, 1)
+    # Rows dated after now + this many days are rejected as "future".
+    future_tolerance_days: int = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _range_is_ordered(self) -> "IngestConfig":
+        if self.value_min > self.value_max:
+            raise ValueError(f"value_min ({self.value_min}) must be <= value_max ({self.value_max})")
+        return self
+
+
+class SyntheticConfig(_Section):
+    """Synthetic events with planted cross-category taste (see ``ingest/synthetic.py``)."""
+
+    users: int = Field(2_000, ge=1)
+    items: int = Field(5_000, ge=1)
+    categories: int = Field(8, ge=1)
+    events: int = Field(100_000, ge=1)
+    taste_clusters: int = Field(6, ge=1)
+    popularity_skew: float = Field(1.1, ge=0.0)
+    image_dim: int = Field(0, ge=0)
+    start: date = date(2020, 1, 1)
+    days: int = Field(365, ge=1)
+    seed: int = 7
+    files: int = Field(4, ge=1)
+
+
+# --------------------------------------------------------------------------- features
+
+
+class NegativeStrategy(str, Enum):
+    UNIFORM = "uniform"
+    POPULARITY = "popularity"
+    CROSS_CATEGORY = "cross_category"
+
+
+class SplitConfig(_Section):
+    """Global temporal split: by fractions of events in time order, or by explicit dates."""
+
+    valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    valid_start: date | None = None
+    test_start: date | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SplitConfig":
+        if self.valid_fraction + self.test_fraction >= 1.0:
+            raise ValueError("valid_fraction + test_fraction must be < 1")
+        if (self.valid_start is None) != (self.test_start is None):
+            raise ValueError("valid_start and test_start must be given together")
+        if self.valid_start and self.test_start and self.valid_start > self.test_start:
+            raise ValueError("valid_start must not be after test_start")
+        return self
+
+
+class NegativesConfig(_Section):
+    per_positive: int = Field(4, ge=0)
+    strategies: list[NegativeStrategy] = Field(
+        default_factory=lambda: [NegativeStrategy.UNIFORM, NegativeStrategy.POPULARITY]
+    )
+    popularity_alpha: float = Field(0.75, ge=0.0)
+    # Popular items per category considered as cross-category hard negatives.
+    hard_pool_size: int = Field(200, ge=1)
+
+
+class FeaturesConfig(_Section):
+    # None: every event is a positive; else value >= this threshold.
+    positive_min_value: float | None = None
+    recency_half_life_days: float = Field(365.0, gt=0)
+    history_length: int = Field(20, ge=1)
+    split: SplitConfig = SplitConfig()
+    negatives: NegativesConfig = NegativesConfig()
+    # Files of silver.training_examples: petastorm needs >= processes x a few row groups.
+    training_files: int = Field(8, ge=1)
+    seed: int = 42
+
+
+# --------------------------------------------------------------------------- model
+
+
+class HistoryEncoderKind(str, Enum):
+    NONE = "none"
+    MEAN = "mean"
+    ATTENTION = "attention"
+    GRU = "gru"
+
+
+class BottomKind(str, Enum):
+    SHARED = "shared"
+    MMOE = "mmoe"
+
+
+class ContentEncoderKind(str, Enum):
+    NONE = "none"
+    HASHED = "hashed"
+    SENTENCE = "sentence"
+
+
+class FusionKind(str, Enum):
+    CONCAT = "concat"
+    GATED = "gated"
+
+
+class LossKind(str, Enum):
+    BCE = "bce"
+    SAMPLED_SOFTMAX = "sampled_softmax"
+
+
+class TaskWeighting(str, Enum):
+    UNIFORM = "uniform"
+    SIZE = "size"
+    UNCERTAINTY = "uncertainty"
+
+
+class ModelConfig(_Section):
+    embedding_dim: int = Field(64, ge=1)
+    hidden_dim: int = Field(128, ge=1)
+    history_encoder: HistoryEncoderKind = HistoryEncoderKind.MEAN
+    bottom: BottomKind = BottomKind.SHARED
+    experts: int = Field(4, ge=1)
+    content_encoder: ContentEncoderKind = ContentEncoderKind.HASHED
+    hash_buckets: int = Field(2**18, ge=16)
+    fusion: FusionKind = FusionKind.CONCAT
+    id_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    share_across_categories: bool = True
+    loss: LossKind = LossKind.BCE
+    task_weighting: TaskWeighting = TaskWeighting.UNIFORM
+    temperature: float = Field(0.1, gt=0)
+    distill: bool = False
+
+
+# --------------------------------------------------------------------------- train
+
+
+class LoaderKind(str, Enum):
+    PETASTORM = "petastorm"
+    ARROW = "arrow"
+
+
+class PhaseConfig(_Section):
+    """One transfer phase: pretrain (shared, sources), freeze (target heads), finetune (all)."""
+
+    name: str
+    epochs: int = Field(1, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    shared_lr_scale: float = Field(1.0, ge=0)
+
+
+class TrainConfig(_Section):
+    num_processes: int = Field(2, ge=1)
+    local_mode: bool = True
+    use_gpu: bool = False
+    backend: str = "gloo"
+    loader: LoaderKind = LoaderKind.PETASTORM
+    batch_size: int = Field(1024, ge=1)
+    phases: list[PhaseConfig] = Field(
+        default_factory=lambda: [
+            PhaseConfig(name="pretrain", epochs=2, lr=2e-3),
+            PhaseConfig(name="freeze", epochs=1, lr=2e-3),
+            PhaseConfig(name="finetune", epochs=1, lr=1e-3, shared_lr_scale=0.1),
+        ]
+    )
+    # Target categories (natural ids) for transfer; empty = all categories are targets.
+    target_categories: list[str] = Field(default_factory=list)
+    source_top_n: int = Field(5, ge=1)
+    grad_clip: float = Field(5.0, gt=0)
+    checkpoint_dir: str | None = None
+    checkpoint_every_steps: int = Field(200, ge=1)
+    patience: int = Field(2, ge=0)
+    eval_k: int = Field(10, ge=1)
+    tracking_uri: str | None = None
+    seed: int = 13
+
+
+# --------------------------------------------------------------------------- batch / eval
+
+
+class SearchKind(str, Enum):
+    EXACT = "exact"
+    FAISS = "faiss"
+
+
+class BatchConfig(_Section):
+    top_k: int = Field(100, ge=1)
+    exclude_seen: bool = True
+    user_top_categories: int = Field(3, ge=0)
+    target_categories: list[str] = Field(default_factory=list)
+    search: SearchKind = SearchKind.EXACT
+    block_size: int = Field(4096, ge=1)
+    faiss_nlist: int = Field(256, ge=1)
+    faiss_nprobe: int = Field(32, ge=1)
+    export_batch_size: int = Field(4096, ge=1)
+
+
+class EvalConfig(_Section):
+    ks: list[int] = Field(default_factory=lambda: [10, 20, 50])
+    bootstrap_samples: int = Field(1000, ge=0)
+    report_dir: str = "report"
+    seed: int = 5
+
+
+# --------------------------------------------------------------------------- the whole
+
+
+class JobConfig(_Section):
+    spark: SparkConfig = SparkConfig()
+    lakehouse: LakehouseConfig = LakehouseConfig()
+    ingest: IngestConfig = IngestConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    batch: BatchConfig = BatchConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def fingerprint(self) -> str:
+        """Stable sha256 of the effective configuration (for lineage rows)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def with_overrides(self, overrides: Iterable[str]) -> "JobConfig":
+        """A new config with ``section.key=value`` overrides applied (self is unchanged)."""
+        return build_config(self.model_dump(mode="json"), overrides)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    # YAML scalars: 3 -> int, 0.5 -> float, true -> bool, [a, b] -> list, plain text -> str.
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from e
+    return key.strip().split("."), value
+
+
+def _apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for depth, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[: depth + 1])} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = JobConfig
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return sorted(getattr(model, "model_fields", {}))
+
+
+def _format_errors(error: ValidationError, origin: str) -> str:
+    lines = []
+    for err in error.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "<root>"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc)
+            hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+            lines.append(f"{key}: unknown key{hint}")
+        else:
+            lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+    return f"invalid configuration from {origin}:\n  " + "\n  ".join(lines)
+
+
+def build_config(data: Mapping[str, Any], overrides: Iterable[str] = (), origin: str = "<dict>") -> JobConfig:
+    """Validate a plain mapping plus ``section.key=value`` overrides into a :class:`JobConfig`."""
+    merged: dict[str, Any] = json.loads(json.dumps(dict(data), default=str))
+    for item in overrides:
+        path, value = _parse_override(item)
+        _apply_override(merged, path, value)
+    try:
+        return JobConfig.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, origin)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> JobConfig:
+    """Read a YAML config (None: all defaults) and apply overrides."""
+    if path is None:
+        return build_config({}, overrides, origin="defaults")
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file not found: {file}")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {file} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {file}: top level must be a mapping of sections")
+    return build_config(data, overrides, origin=str(file))
