@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "ingest": "jobs.ingest",
     "synthetic": "jobs.synthetic",
     "demo": "jobs.demo",
+    "features": "jobs.build_features",
 }
 
 

@@ -202,6 +202,9 @@ class NegativesConfig(_Section):
     popularity_alpha: float = Field(0.75, ge=0.0)
     # Popular items per category considered as cross-category hard negatives.
     hard_pool_size: int = Field(200, ge=1)
+    # Draws per negative slot: a draw that hits one of the user's train positives is redrawn
+    # up to attempts - 1 times; a slot whose draws all hit is left empty (counted in the summary).
+    attempts: int = Field(3, ge=1)
 
 
 class FeaturesConfig(_Section):
@@ -268,6 +271,12 @@ class ModelConfig(_Section):
     task_weighting: TaskWeighting = TaskWeighting.UNIFORM
     temperature: float = Field(0.1, gt=0)
     distill: bool = False
+    # Hashed n-gram ids kept per item text (word unigrams, then bigrams, then char trigrams).
+    max_tokens: int = Field(48, ge=1)
+    # Seed of the model's own generator (initialisation and id-dropout masks).
+    seed: int = 0
+    # Embedding size of the distilled student two-tower (used when distill is true).
+    student_dim: int = Field(16, ge=1)
 
 
 # --------------------------------------------------------------------------- train
@@ -311,6 +320,8 @@ class TrainConfig(_Section):
     eval_k: int = Field(10, ge=1)
     tracking_uri: str | None = None
     seed: int = 13
+    # Validation (user, category) groups scored per epoch on rank 0; more are sampled down.
+    valid_max_groups: int = Field(20_000, ge=1)
 
 
 # --------------------------------------------------------------------------- batch / eval
@@ -331,6 +342,10 @@ class BatchConfig(_Section):
     faiss_nlist: int = Field(256, ge=1)
     faiss_nprobe: int = Field(32, ge=1)
     export_batch_size: int = Field(4096, ge=1)
+    # Nightly: retrain when the latest model is this many days old (0 = every night) ...
+    retrain_every_days: int = Field(7, ge=0)
+    # ... or when the events added since its training are this share of the events it saw.
+    drift_threshold: float = Field(0.2, gt=0)
 
 
 class EvalConfig(_Section):
@@ -338,6 +353,35 @@ class EvalConfig(_Section):
     bootstrap_samples: int = Field(1000, ge=0)
     report_dir: str = "report"
     seed: int = 5
+    # Held-out split scored by `xrec evaluate`; baselines are tuned on valid whatever this is.
+    split: str = Field("test", pattern="^(valid|test)$")
+    # Baseline systems (popularity_global, popularity_category, als; no_sharing and
+    # shared_no_transfer once their training runs exist).
+    baselines: list[str] = Field(default_factory=lambda: ["popularity_global", "popularity_category", "als"])
+    # Also rank with the trained model (gold.user_embeddings / gold.item_embeddings).
+    include_model: bool = True
+    # Model version to evaluate; None = the latest run in gold.runs.
+    model_version: str | None = None
+    # gold.metrics partition key; None = derived from split, systems, model and input versions.
+    eval_id: str | None = None
+    # ALS grid, chosen by NDCG@tune_k on valid.
+    als_ranks: list[int] = Field(default_factory=lambda: [16, 64])
+    als_reg_params: list[float] = Field(default_factory=lambda: [0.01, 0.1])
+    als_alphas: list[float] = Field(default_factory=lambda: [1.0, 10.0])
+    als_max_iter: int = Field(10, ge=1)
+    tune_k: int = Field(10, ge=1)
+    # Users scored per matrix product in full ranking (memory: block x items of a category).
+    block_size: int = Field(1024, ge=1)
+
+    @model_validator(mode="after")
+    def _known_values(self) -> "EvalConfig":
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks must be a non-empty list of cut-offs >= 1; got {self.ks}")
+        allowed = {"popularity_global", "popularity_category", "als", "no_sharing", "shared_no_transfer"}
+        unknown = [b for b in self.baselines if b not in allowed]
+        if unknown:
+            raise ValueError(f"baselines: unknown {unknown}; allowed: {sorted(allowed)}")
+        return self
 
 
 # --------------------------------------------------------------------------- the whole

@@ -1,0 +1,206 @@
+"""Candidate search: kernels (numpy/faiss), the Spark engine, fallback, and the candidates job."""
+
+from datetime import date
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from batch_fixtures import (
+    BATCH, EXPECTED, FEATURES, ITEM_CATEGORY, SEEN, WANTED_PAIRS, assert_same_rows, write_hand_embeddings,
+    write_silver,
+)
+from conftest import make_config
+from xrec_spark.batch import search
+from xrec_spark.batch.candidates import popularity_candidates, search_recall, top_k_candidates
+from xrec_spark.batch.generate import generate_candidates
+from xrec_spark.batch.pairs import category_ids, user_category_pairs
+from xrec_spark.tables import CANDIDATES, CATEGORY_INDEX, JOB_LOG, USER_CATEGORY_AFFINITY, USER_INDEX
+
+CAND_SCHEMA = "user_idx int, category_idx int, rank int, item_idx int, score double"
+
+# ------------------------------------------------------------------------------ kernels (no Spark)
+
+
+def test_kernel_orders_by_score_then_item_and_drops_excluded():
+    # items 10, 20, 30, 40 in 2-d; query [1, 0] scores 3, 1, 3, -1: tie 10/30 -> 10 first.
+    cat = search.build_catalogue(1, np.array([30, 10, 40, 20]), np.array([[3, 0], [3, 0], [-1, 0], [1, 0]]))
+    row, rank, item, score = search.top_k(cat, np.array([[1.0, 0.0], [1.0, 0.0]]), 3,
+                                          exclude=[None, np.array([10, 99])])
+    assert row.tolist() == [0, 0, 0, 1, 1, 1]
+    assert rank.tolist() == [1, 2, 3, 1, 2, 3]
+    assert item.tolist() == [10, 30, 20, 30, 20, 40]
+    assert score.tolist() == [3.0, 3.0, 1.0, 3.0, 1.0, -1.0]
+
+
+def test_kernel_returns_fewer_rows_when_the_category_runs_out():
+    cat = search.build_catalogue(1, np.array([1, 2]), np.array([[1.0], [2.0]]))
+    row, rank, item, _ = search.top_k(cat, np.array([[1.0], [1.0]]), 5, exclude=[np.array([2]), np.array([1, 2])])
+    assert list(zip(row.tolist(), rank.tolist(), item.tolist())) == [(0, 1, 1)]
+
+
+def test_kernel_exact_matches_brute_force_across_blocks():
+    rng = np.random.default_rng(3)
+    ids = rng.permutation(np.arange(1, 401))
+    items = rng.standard_normal((400, 8)).astype(np.float32)
+    users = rng.standard_normal((50, 8)).astype(np.float32)
+    exclude = [rng.choice(ids, size=int(rng.integers(0, 30)), replace=False) for _ in range(50)]
+    row, _, item, _ = search.top_k(search.build_catalogue(1, ids, items), users, 10, exclude, block_size=7)
+    scores = users @ items.T
+    for r in range(50):
+        s = np.where(np.isin(ids, exclude[r]), -np.inf, scores[r])
+        assert item[row == r].tolist() == ids[np.argsort(-s, kind="stable")[:10]].tolist()
+
+
+def test_faiss_catalogue_keeps_high_recall_on_clustered_vectors():
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((20, 16)) * 3
+    items = (centres[rng.integers(0, 20, 4000)] + rng.standard_normal((4000, 16))).astype(np.float32)
+    users = (centres[rng.integers(0, 20, 200)] + rng.standard_normal((200, 16))).astype(np.float32)
+    ids = np.arange(1, 4001)
+    exact = search.build_catalogue(1, ids, items)
+    approx = search.build_catalogue(1, ids, items, approximate=True, nlist=64, nprobe=16)
+    assert approx.index is not None and approx.nprobe == 16
+    r_e, _, i_e, _ = search.top_k(exact, users, 20)
+    r_a, _, i_a, _ = search.top_k(approx, users, 20, index=search.load_index(approx))
+    value = search.recall([i_a[r_a == r] for r in range(200)], [i_e[r_e == r] for r in range(200)])
+    assert 0.9 <= value <= 1.0
+
+
+@pytest.mark.parametrize("n_items, nlist, lists", [(100, 256, 0), (39 * 4, 256, 4), (100_000, 256, 256)])
+def test_ivf_lists_capped_by_catalogue_size(n_items, nlist, lists):
+    assert search.ivf_lists(n_items, nlist) == lists
+
+
+def test_recall_counts_overlap_per_row():
+    assert search.recall([np.array([1, 2]), np.array([5, 6])], [np.array([1, 3]), np.array([5, 6])]) == 0.75
+
+
+# ------------------------------------------------------------------------------ Spark engine
+
+
+def _frames(spark):
+    items = spark.createDataFrame([(i, ITEM_CATEGORY[i], v) for i, v in
+                                   {1: [1.0, 0.0], 2: [0.0, 1.0], 3: [1.0, 1.0], 4: [2.0, 0.0], 5: [0.0, 3.0]}.items()
+                                   if i <= 5], "item_idx int, category_idx int, vector array<float>")
+    users = spark.createDataFrame([(10, 1, [1.0, 0.5]), (11, 1, [0.0, 1.0]), (10, 2, [1.0, 0.0]), (12, 3, [1.0, 1.0])],
+                                  "user_idx int, category_idx int, vector array<float>")
+    return users, items
+
+
+def test_top_k_candidates_hand_computed(spark):
+    users, items = _frames(spark)
+    exclude = spark.createDataFrame([(10, 3), (10, 5), (11, 4)], "user_idx int, item_idx int")
+    got = top_k_candidates(users, items, 2, exclude)
+    # u10 c1 [1,.5]: 1 -> 1.0, 2 -> 0.5, 3 -> 1.5 (excluded); u11 c1 [0,1]: 2 -> 1, 3 -> 1 (tie), 1 -> 0;
+    # u10 c2 [1,0]: 4 -> 2, 5 excluded; u12 asks for category 3, which has no items: no rows.
+    expected = spark.createDataFrame([(10, 1, 1, 1, 1.0), (10, 1, 2, 2, 0.5), (11, 1, 1, 2, 1.0),
+                                      (11, 1, 2, 3, 1.0), (10, 2, 1, 4, 2.0)], CAND_SCHEMA)
+    assert_same_rows(got, expected)
+
+
+def test_faiss_mode_equals_exact_on_a_tiny_catalogue_and_recall_is_one(spark):
+    users, items = _frames(spark)
+    exact = top_k_candidates(users, items, 2)
+    approx = top_k_candidates(users, items, 2, search="faiss", faiss_nlist=4, faiss_nprobe=1)
+    assert_same_rows(approx, exact)  # 5 items: too few for an index, searched exactly
+    assert search_recall(approx, exact) == 1.0
+
+
+def test_search_recall_hand_computed(spark):
+    exact = spark.createDataFrame([(1, 1, 1, 5, 1.0), (1, 1, 2, 6, 0.5), (2, 1, 1, 5, 1.0), (2, 1, 2, 7, 0.2)],
+                                  CAND_SCHEMA)
+    approx = spark.createDataFrame([(1, 1, 1, 5, 1.0), (1, 1, 2, 8, 0.4), (2, 1, 1, 5, 1.0), (2, 1, 2, 7, 0.2)],
+                                   CAND_SCHEMA)
+    assert search_recall(approx, exact) == pytest.approx(0.75)
+
+
+def test_popularity_candidates_skip_seen_and_cold_items(spark):
+    features = spark.createDataFrame([(1, 1, 5), (2, 1, 7), (3, 1, 0), (4, 2, 1), (6, 1, 5)],
+                                     "item_idx int, category_idx int, train_count long")
+    pairs = spark.createDataFrame([(10, 1), (11, 1), (11, 2)], "user_idx int, category_idx int")
+    exclude = spark.createDataFrame([(10, 2)], "user_idx int, item_idx int")
+    got = popularity_candidates(pairs, features, 2, exclude)
+    # category 1 by count: 2 (7), 1 and 6 (5, tie -> 1 first), 3 never (count 0)
+    expected = spark.createDataFrame([(10, 1, 1, 1, 5.0), (10, 1, 2, 6, 5.0), (11, 1, 1, 2, 7.0),
+                                      (11, 1, 2, 1, 5.0), (11, 2, 1, 4, 1.0)], CAND_SCHEMA)
+    assert_same_rows(got, expected)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"k": 0}, ValueError, "batch.top_k"),
+    ({"k": "3"}, TypeError, "k must be an int"),
+    ({"k": 2, "search": "hnsw"}, ValueError, "unknown search 'hnsw'"),
+    ({"k": 2, "block_size": 0}, ValueError, "batch.block_size"),
+])
+def test_top_k_candidates_rejects_bad_arguments(spark, kwargs, error, match):
+    users, items = _frames(spark)
+    with pytest.raises(error, match=match):
+        top_k_candidates(users, items, **kwargs)
+
+
+def test_top_k_candidates_names_missing_and_mistyped_columns(spark):
+    users, items = _frames(spark)
+    with pytest.raises(ValueError, match=r"user vectors: missing columns \['vector'\]"):
+        top_k_candidates(users.drop("vector"), items, 2)
+    with pytest.raises(TypeError, match=r"item vectors: wrong column types: vector \(string"):
+        top_k_candidates(users, items.withColumn("vector", F.lit("x")), 2)
+
+
+# ------------------------------------------------------------------------------ pairs and the job
+
+
+def test_user_category_pairs_top_n_plus_targets(lakehouse):
+    write_silver(lakehouse)
+    targets = category_ids(lakehouse.read(CATEGORY_INDEX), ["games"])
+    assert targets == [3]
+    pairs = user_category_pairs(lakehouse.read(USER_INDEX), lakehouse.read(USER_CATEGORY_AFFINITY), 1, targets)
+    assert {(r.user_idx, r.category_idx) for r in pairs.collect()} == WANTED_PAIRS
+    assert pairs.count() == len(WANTED_PAIRS)
+    with pytest.raises(ValueError, match=r"unknown categories \['toys'\]"):
+        category_ids(lakehouse.read(CATEGORY_INDEX), ["games", "toys"])
+
+
+def test_generate_candidates_model_fallback_and_idempotent_rerun(lakehouse, lakehouse_root):
+    write_silver(lakehouse)
+    write_hand_embeddings(lakehouse, "m1")
+    cfg = make_config(lakehouse_root, batch=BATCH, features=FEATURES)
+    day = date(2024, 5, 1)
+    result = generate_candidates(lakehouse, cfg, day, model_version="m1")
+    spark = lakehouse.spark
+    expected = spark.createDataFrame(
+        [(day, u, c, r, i, s, src, "m1" if src == "model" else None) for u, c, r, i, s, src in EXPECTED],
+        CANDIDATES.schema)
+    assert_same_rows(lakehouse.read(CANDIDATES), expected)
+    assert (result.rows, result.model_pairs, result.fallback_pairs) == (len(EXPECTED), 8, 1)
+
+    # No candidate is an item the user has already seen.
+    seen = spark.createDataFrame(SEEN, "user_idx int, item_idx int")
+    assert lakehouse.read(CANDIDATES).join(seen, ["user_idx", "item_idx"]).count() == 0
+
+    # Re-running the date replaces its rows; another date adds its own.
+    generate_candidates(lakehouse, cfg, day, model_version="m1")
+    assert lakehouse.read(CANDIDATES).count() == len(EXPECTED)
+    generate_candidates(lakehouse, cfg, date(2024, 5, 2), model_version="m1")
+    assert lakehouse.read(CANDIDATES).groupBy("run_date").count().orderBy("run_date").collect()[1]["count"] \
+        == len(EXPECTED)
+    logged = lakehouse.read(JOB_LOG).where(F.col("job") == "generate_candidates").select("run_key").collect()
+    assert sorted(r.run_key for r in logged) == ["2024-05-01", "2024-05-01", "2024-05-02"]
+
+
+def test_generate_candidates_without_exclusion_proposes_seen_items(lakehouse, lakehouse_root):
+    write_silver(lakehouse)
+    write_hand_embeddings(lakehouse, "m1")
+    cfg = make_config(lakehouse_root, batch={**BATCH, "exclude_seen": False}, features=FEATURES)
+    generate_candidates(lakehouse, cfg, date(2024, 5, 1), model_version="m1")
+    top = {(r.user_idx, r.category_idx): r.item_idx
+           for r in lakehouse.read(CANDIDATES).where("rank = 1").collect()}
+    assert top[(1, 1)] == 3 and top[(3, 3)] == 9  # the seen best items come back
+
+
+def test_generate_candidates_refuses_a_model_without_embeddings(lakehouse, lakehouse_root):
+    write_silver(lakehouse)
+    write_hand_embeddings(lakehouse, "m1")
+    cfg = make_config(lakehouse_root, batch=BATCH, features=FEATURES)
+    with pytest.raises(RuntimeError, match="model m2 has no rows in gold.item_embeddings"):
+        generate_candidates(lakehouse, cfg, date(2024, 5, 1), model_version="m2")

@@ -1,0 +1,60 @@
+"""Which (user, category) pairs get a user vector and candidates.
+
+For every indexed user: the user's top ``user_top_categories`` categories by affinity, plus
+every target category. A target category the user never touched is the cross-category case:
+the user's vector for it comes from history in other categories.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from xrec_spark.config import JobConfig
+
+
+def target_category_names(cfg: JobConfig) -> list[str]:
+    """``batch.target_categories``, or the transfer targets ``train.target_categories`` when empty."""
+    return list(cfg.batch.target_categories or cfg.train.target_categories)
+
+
+def category_ids(category_index: DataFrame, names: Sequence[str]) -> list[int]:
+    """category_idx of natural category ids (an action over the small category index).
+
+    category_index: category string, category_idx int. Unknown names raise ValueError listing
+    a few known ones.
+    """
+    wanted = [str(n) for n in names]
+    if not wanted:
+        return []
+    rows = category_index.where(F.col("category").isin(wanted)).select("category", "category_idx").collect()
+    found = {r["category"]: int(r["category_idx"]) for r in rows}
+    unknown = [n for n in wanted if n not in found]
+    if unknown:
+        known = [r["category"] for r in category_index.select("category").orderBy("category").limit(10).collect()]
+        raise ValueError(f"batch.target_categories: unknown categories {unknown} (not in silver.category_index); "
+                         f"known include {known}")
+    return sorted(set(found[n] for n in wanted))
+
+
+def user_category_pairs(users: DataFrame, affinity: DataFrame, top_n: int, targets: Sequence[int]) -> DataFrame:
+    """Distinct (user_idx, category_idx): each user's ``top_n`` categories by affinity and ``targets``.
+
+    users: user_idx (e.g. silver.user_index); affinity: user_idx, category_idx, weight, n
+    (silver.user_category_affinity). Ties in weight go to the larger n, then the smaller
+    category_idx, so the choice is deterministic.
+    """
+    if top_n < 0:
+        raise ValueError(f"batch.user_top_categories must be >= 0; got {top_n}")
+    rank = Window.partitionBy("user_idx").orderBy(F.col("weight").desc(), F.col("n").desc(), F.col("category_idx"))
+    top = (affinity.select("user_idx", "category_idx", "weight", "n")
+           .withColumn("_rank", F.row_number().over(rank))
+           .where(F.col("_rank") <= top_n)
+           .select(F.col("user_idx").cast("int"), F.col("category_idx").cast("int")))
+    pairs = top
+    if targets:
+        cats = users.sparkSession.createDataFrame([(int(t),) for t in targets], "category_idx int")
+        pairs = pairs.unionByName(users.select(F.col("user_idx").cast("int")).distinct().crossJoin(cats))
+    return pairs.distinct()

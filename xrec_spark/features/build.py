@@ -1,0 +1,273 @@
+"""The features job as one library call: bronze -> every silver table, with lineage.
+
+:func:`build_features` reads ``bronze.events`` / ``bronze.items`` at their current versions,
+extends the three indexes (MERGE, insert-only), overwrites the dependent silver tables, and
+appends one row to ``meta.job_log`` with the input and output Delta versions.
+
+**Incremental runs.** The run key is a hash of the input versions and ``cfg.features``. When it
+equals the key of the last successful run recorded in ``meta.job_log`` and every output table is
+still at the version that run wrote, nothing is recomputed (same tables, no new versions).
+Otherwise everything downstream of the indexes is recomputed from the new state; the indexes
+only gain the new ids, numbered after their maximum.
+
+Each stage writes its tables and the next stage reads them back from Delta, so nothing is
+recomputed from bronze and no DataFrame is cached, except the deduplicated pairs, which feed the
+three indexes, the split cutoffs, the interactions and the item categories.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from xrec_spark.config import JobConfig
+from xrec_spark.features.common import TRAIN
+from xrec_spark.features.history import positives_with_history, train_positives, user_history
+from xrec_spark.features.indexing import first_seen, new_index_rows
+from xrec_spark.features.interactions import index_pairs, label_and_weight, latest_pairs, resolve_categories
+from xrec_spark.features.items import item_categories, item_features, item_text
+from xrec_spark.features.matrices import category_transfer, top_transfer_pairs, user_category_affinity
+from xrec_spark.features.negatives import sample_negatives, training_examples
+from xrec_spark.features.splits import (
+    Cutoffs, assign_slices, assign_split, fraction_cutoffs, resolve_cutoffs_config,
+)
+from xrec_spark.tables import (
+    BRONZE_EVENTS, BRONZE_ITEMS, CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, ITEM_FEATURES, ITEM_INDEX,
+    JOB_LOG, TRAINING_EXAMPLES, USER_CATEGORY_AFFINITY, USER_HISTORY, USER_INDEX, Lakehouse, TableSpec,
+)
+
+log = logging.getLogger(__name__)
+
+JOB = "features"
+INPUTS: tuple[TableSpec, ...] = (BRONZE_EVENTS, BRONZE_ITEMS)
+OUTPUTS: tuple[TableSpec, ...] = (
+    USER_INDEX, ITEM_INDEX, CATEGORY_INDEX, INTERACTIONS, USER_CATEGORY_AFFINITY, CATEGORY_TRANSFER,
+    ITEM_FEATURES, USER_HISTORY, TRAINING_EXAMPLES,
+)
+
+
+@dataclass(frozen=True)
+class TransferPair:
+    """One row of silver.category_transfer with the categories' natural ids."""
+
+    src_category: str
+    dst_category: str
+    users_both: int
+    p_dst_given_src: float
+    lift: float
+    score: float
+
+
+@dataclass(frozen=True)
+class FeaturesSummary:
+    """What a features run produced (or found already built, when ``skipped``)."""
+
+    run_id: str
+    skipped: bool
+    row_counts: dict[str, int]
+    top_transfer: list[TransferPair]
+    input_versions: dict[str, int]
+    output_versions: dict[str, int]
+    valid_start: str
+    test_start: str
+    new_ids: dict[str, int] = field(default_factory=dict)
+    events_read: int = 0
+    unknown_category_events: int = 0
+    items_without_category: int = 0
+    train_positives: int = 0
+    empty_negative_slots: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FeaturesSummary":
+        data = json.loads(text)
+        data["top_transfer"] = [TransferPair(**p) for p in data.get("top_transfer", [])]
+        return cls(**data)
+
+    def format(self) -> str:
+        """A short human summary: row counts per table and the top transfer pairs."""
+        head = ("features: inputs unchanged since run " if self.skipped else "features: built, run ") + self.run_id
+        lines = [head,
+                 "inputs: " + ", ".join(f"{k} v{v}" for k, v in sorted(self.input_versions.items())),
+                 f"split: train < {self.valid_start} <= valid < {self.test_start} <= test"]
+        if not self.skipped:
+            lines.append("new ids: " + ", ".join(f"{k} +{v}" for k, v in self.new_ids.items()))
+            lines.append(f"events read {self.events_read}, dropped with unknown category "
+                         f"{self.unknown_category_events}; indexed items without category "
+                         f"{self.items_without_category}; empty negative slots {self.empty_negative_slots}")
+        lines.append("rows:")
+        lines += [f"  {name:<32} {n:>12,}" for name, n in self.row_counts.items()]
+        lines.append("top transfer pairs (score = users_both / sqrt(users_src * users_dst)):")
+        lines.append(f"  {'src':>10} -> {'dst':<10} {'users_both':>10} {'P(dst|src)':>10} {'lift':>7} {'score':>7}")
+        lines += [f"  {p.src_category:>10} -> {p.dst_category:<10} {p.users_both:>10} "
+                  f"{p.p_dst_given_src:>10.3f} {p.lift:>7.2f} {p.score:>7.3f}" for p in self.top_transfer]
+        return "\n".join(lines)
+
+
+def run_key(input_versions: dict[str, int], cfg: JobConfig) -> str:
+    """Hash of what decides the output: the input versions and the features config."""
+    payload = {"inputs": dict(sorted(input_versions.items())), "features": cfg.features.model_dump(mode="json")}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _last_run(lakehouse: Lakehouse) -> tuple[str, dict[str, int], str] | None:
+    """(run_key, output_versions, summary JSON) of the last successful features run."""
+    if not lakehouse.exists(JOB_LOG):
+        return None
+    row = (lakehouse.read(JOB_LOG).where(F.col("job") == JOB)
+           .orderBy(F.desc("finished_at")).select("run_key", "output_versions", "summary").first())
+    if row is None:
+        return None
+    return row["run_key"], dict(row["output_versions"]), row["summary"]
+
+
+def _items_table(lakehouse: Lakehouse, version: int | None) -> DataFrame:
+    if version is None:  # sources without an item file: categories come from the events
+        return lakehouse.spark.createDataFrame([], BRONZE_ITEMS.schema)
+    return lakehouse.read(BRONZE_ITEMS, version=version)
+
+
+def _read_index(lakehouse: Lakehouse, spec: TableSpec) -> DataFrame:
+    if lakehouse.exists(spec):
+        return lakehouse.read(spec)
+    return lakehouse.spark.createDataFrame([], spec.schema)
+
+
+class _Stages:
+    """Wall time per stage (for the benchmark's events/s)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._t, 3)
+        self._t = now
+        log.info("features: stage %s took %.1fs", name, self.seconds[name])
+
+
+def _extend_indexes(lakehouse: Lakehouse, pairs: DataFrame, items: DataFrame) -> dict[str, int]:
+    """MERGE the new ids of the three indexes; returns how many each gained."""
+    catalogue = items.where(F.trim(F.col("category")) != "")
+    candidates = [
+        (USER_INDEX, first_seen(pairs.select(F.col("user_id").alias("id"), F.col("first_ts").alias("ts")))),
+        (ITEM_INDEX, first_seen(pairs.select(F.col("item_id").alias("id"), F.col("first_ts").alias("ts")),
+                               catalogue.select(F.col("item_id").alias("id"), F.col("updated_at").alias("ts")))),
+        (CATEGORY_INDEX, first_seen(pairs.select(F.col("category").alias("id"), F.col("first_ts").alias("ts")),
+                                   catalogue.select(F.col("category").alias("id"), F.col("updated_at").alias("ts")))),
+    ]
+    added = {}
+    for spec, cand in candidates:
+        id_col, idx_col = spec.columns
+        rows = new_index_rows(cand, _read_index(lakehouse, spec), id_col, idx_col)
+        metrics = lakehouse.merge(spec, rows, update=False, job=JOB)
+        added[spec.name] = metrics.get("numTargetRowsInserted", 0)
+    return added
+
+
+def _written(lakehouse: Lakehouse, spec: TableSpec) -> int:
+    return lakehouse.last_operation_metrics(spec).get("numOutputRows", 0)
+
+
+def build_features(spark: SparkSession, lakehouse: Lakehouse, cfg: JobConfig, top_pairs: int = 10) -> FeaturesSummary:
+    """Build (or skip, when inputs and config are unchanged) every silver table of the features job."""
+    started = datetime.now(timezone.utc)
+    fcfg = cfg.features
+    input_versions = lakehouse.versions(INPUTS)
+    if BRONZE_EVENTS.qualified not in input_versions:
+        lakehouse.read(BRONZE_EVENTS)  # raises TableNotFoundError naming the table and what to run
+    key = run_key(input_versions, cfg)
+    last = _last_run(lakehouse)
+    if last is not None and last[0] == key and last[1] == lakehouse.versions(OUTPUTS):
+        previous = FeaturesSummary.from_json(last[2])
+        log.info("features: bronze versions and config unchanged since run %s; nothing to do", previous.run_id)
+        return replace(previous, skipped=True, stage_seconds={})
+
+    stages = _Stages()
+    events = lakehouse.read(BRONZE_EVENTS, version=input_versions[BRONZE_EVENTS.qualified])
+    items = _items_table(lakehouse, input_versions.get(BRONZE_ITEMS.qualified))
+    all_pairs = latest_pairs(resolve_categories(events, items)).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counts = all_pairs.agg(F.sum(F.col("events")).alias("events"),
+                               F.sum(F.col("unknown_events")).alias("unknown"),
+                               F.count(F.col("category")).alias("pairs")).first()
+        pairs = all_pairs.where(F.col("category").isNotNull())
+        new_ids = _extend_indexes(lakehouse, pairs, items)
+        stages.done("indexes")
+
+        cutoffs = (resolve_cutoffs_config(fcfg.split)
+                   or Cutoffs.from_row(fraction_cutoffs(pairs, fcfg.split.valid_fraction,
+                                                        fcfg.split.test_fraction).first()))
+        users, item_index, categories = (lakehouse.read(s) for s in (USER_INDEX, ITEM_INDEX, CATEGORY_INDEX))
+        labelled = label_and_weight(index_pairs(pairs, users, item_index, categories), fcfg.positive_min_value,
+                                    fcfg.recency_half_life_days, cutoffs.valid_start_s)
+        lakehouse.overwrite(INTERACTIONS, assign_slices(assign_split(labelled, cutoffs)), job=JOB)
+        if _written(lakehouse, INTERACTIONS) != counts["pairs"]:
+            raise RuntimeError(f"silver.interactions: wrote {_written(lakehouse, INTERACTIONS)} rows for "
+                               f"{counts['pairs']} (user, item) pairs: an id is missing from an index; "
+                               "rebuild the indexes from bronze (delete silver.*_index) and re-run")
+        stages.done("interactions")
+
+        interactions = lakehouse.read(INTERACTIONS)
+        lakehouse.overwrite(USER_CATEGORY_AFFINITY, user_category_affinity(interactions), job=JOB)
+        affinity = lakehouse.read(USER_CATEGORY_AFFINITY)
+        lakehouse.overwrite(CATEGORY_TRANSFER, category_transfer(affinity), job=JOB)
+        stages.done("matrices")
+
+        features = item_features(item_index, categories, item_categories(pairs, items), item_text(items), interactions)
+        lakehouse.overwrite(ITEM_FEATURES, features, job=JOB)
+    finally:
+        all_pairs.unpersist()
+    positives = train_positives(interactions)
+    lakehouse.overwrite(USER_HISTORY, user_history(positives, users, fcfg.history_length), job=JOB)
+    stages.done("items_history")
+
+    negatives = sample_negatives(positives, lakehouse.read(ITEM_FEATURES), affinity, fcfg.negatives, fcfg.seed)
+    examples = training_examples(positives_with_history(positives, fcfg.history_length), negatives,
+                                 fcfg.training_files, fcfg.seed)
+    lakehouse.overwrite(TRAINING_EXAMPLES, examples, job=JOB)
+    stages.done("training_examples")
+
+    return _finish(lakehouse, cfg, key, started, input_versions, cutoffs, new_ids, counts, stages, top_pairs)
+
+
+def _finish(lakehouse: Lakehouse, cfg: JobConfig, key: str, started: datetime, input_versions: dict[str, int],
+            cutoffs: Cutoffs, new_ids: dict[str, int], counts, stages: _Stages, top_pairs: int) -> FeaturesSummary:
+    """Count, summarise and record the run in meta.job_log."""
+    row_counts = {spec.qualified: lakehouse.read(spec).count() for spec in OUTPUTS}
+    n_positives = (lakehouse.read(INTERACTIONS).where((F.col("split") == TRAIN) & (F.col("label") == 1)).count())
+    expected_negatives = n_positives * cfg.features.negatives.per_positive
+    empty_slots = expected_negatives - (row_counts[TRAINING_EXAMPLES.qualified] - n_positives)
+    items_without_category = row_counts[ITEM_INDEX.qualified] - row_counts[ITEM_FEATURES.qualified]
+    if items_without_category:
+        log.warning("features: %d indexed items have no category in bronze any more; they are left out of "
+                    "silver.item_features", items_without_category)
+    top = [TransferPair(str(r["src_category"]), str(r["dst_category"]), int(r["users_both"]),
+                        float(r["p_dst_given_src"]), float(r["lift"]), float(r["score"]))
+           for r in top_transfer_pairs(lakehouse.read(CATEGORY_TRANSFER), lakehouse.read(CATEGORY_INDEX),
+                                       top_pairs).collect()]
+    summary = FeaturesSummary(
+        run_id=uuid.uuid4().hex, skipped=False, row_counts=row_counts, top_transfer=top,
+        input_versions=input_versions, output_versions=lakehouse.versions(OUTPUTS),
+        valid_start=cutoffs.valid_start.isoformat(), test_start=cutoffs.test_start.isoformat(),
+        new_ids=new_ids, events_read=int(counts["events"] or 0),
+        unknown_category_events=int(counts["unknown"] or 0), items_without_category=items_without_category,
+        train_positives=n_positives, empty_negative_slots=empty_slots, stage_seconds=stages.seconds,
+    )
+    finished = datetime.now(timezone.utc)
+    row = [(JOB, summary.run_id, key, input_versions, summary.output_versions, summary.to_json(), started, finished)]
+    lakehouse.append(JOB_LOG, lakehouse.spark.createDataFrame(row, JOB_LOG.schema), job=JOB)
+    return summary

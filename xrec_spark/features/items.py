@@ -1,0 +1,71 @@
+"""``silver.item_features``: one row per indexed item, cold ones included.
+
+An item's **primary category** (its ``category_idx`` here, and the pool it is sampled from as a
+negative) is its ``bronze.items`` category when set, else the category most of its (user, item)
+interactions were recorded under (ties: the most recent, then the larger category id). Rows of
+``silver.interactions`` keep the category of their own event, which can differ for the few
+items a source lists under several categories.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from xrec_spark.features.common import TRAIN
+
+
+def _clean(col: str) -> F.Column:
+    return F.when(F.trim(F.col(col)) != "", F.col(col))
+
+
+def item_categories(pairs: DataFrame, items: DataFrame) -> DataFrame:
+    """Primary category of every item known with a category.
+
+    Args:
+        pairs: deduplicated pairs ``item_id, category, ts`` (known categories).
+        items: bronze.items ``item_id, category``.
+
+    Returns:
+        ``item_id, category`` (one row per item).
+    """
+    catalogue = (items.select("item_id", _clean("category").alias("catalogue_category"))
+                 .where(F.col("catalogue_category").isNotNull()))
+    counts = (pairs.groupBy("item_id", "category")
+              .agg(F.count(F.lit(1)).alias("n"), F.max("ts").alias("last_ts")))
+    mode = counts.groupBy("item_id").agg(
+        F.max_by("category", F.struct("n", "last_ts", "category")).alias("event_category"))
+    return (catalogue.join(mode, "item_id", "full_outer")
+            .select("item_id", F.coalesce("catalogue_category", "event_category").alias("category")))
+
+
+def item_text(items: DataFrame) -> DataFrame:
+    """``item_id, text, image_vector``: title + text + brand joined by spaces (null when all empty)."""
+    joined = F.trim(F.concat_ws(" ", _clean("title"), _clean("text"), _clean("brand")))
+    return items.select("item_id", F.when(joined != "", joined).alias("text"), "image_vector")
+
+
+def item_features(item_index: DataFrame, category_index: DataFrame, categories: DataFrame,
+                  content: DataFrame, interactions: DataFrame) -> DataFrame:
+    """Assemble silver.item_features.
+
+    Args:
+        item_index: ``item_id, item_idx``.
+        category_index: ``category, category_idx``.
+        categories: ``item_id, category`` from :func:`item_categories`.
+        content: ``item_id, text, image_vector`` from :func:`item_text`.
+        interactions: silver.interactions ``item_idx, label, split``.
+
+    Returns:
+        ``item_idx, category_idx, text, image_vector, text_vector (null), train_count (long)``;
+        items of the index without any known category are absent (the job reports them).
+    """
+    train_count = (interactions.where((F.col("split") == TRAIN) & (F.col("label") == 1))
+                   .groupBy("item_idx").agg(F.count(F.lit(1)).alias("train_count")))
+    return (item_index.join(categories, "item_id")
+            .join(F.broadcast(category_index), "category")
+            .join(content, "item_id", "left")
+            .join(train_count, "item_idx", "left")
+            .select("item_idx", "category_idx", "text", "image_vector",
+                    F.lit(None).cast("array<float>").alias("text_vector"),
+                    F.coalesce(F.col("train_count"), F.lit(0)).cast("long").alias("train_count")))

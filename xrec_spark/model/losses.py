@@ -1,0 +1,123 @@
+"""Per-category losses L_k and their weighted total Σ_k w_k L_k.
+
+Kept apart from the model so the same model serves training and inference. Shapes: ``B`` batch,
+``D`` embedding_dim, ``K`` categories (numbered 1..K).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xrec_spark.config import LossKind, ModelConfig, TaskWeighting
+
+
+class MultiTaskLoss(nn.Module):
+    """total = Σ_k w_k L_k over the categories present in the batch.
+
+    ``forward(u [B, D], v [B, D], batch, log_popularity)`` -> (total, {k: L_k}). ``batch`` needs
+    category_idx long ``[B]``, label float ``[B]`` (1/0) and weight float ``[B]`` (optional, 1),
+    plus item_idx ``[B]`` for sampled softmax.
+
+    - ``bce``: L_k = weighted mean of binary cross-entropy of <u, v> against label over the
+      category's labelled rows (positives and the sampled negatives).
+    - ``sampled_softmax``: positives only; each positive's logits are <u_i, v_j> / temperature
+      − log Q_j over the batch's positives j of the same category (in-batch negatives; rows
+      with the same item as i, other than i, are masked), where log Q_j =
+      ``log_popularity[item_idx_j]`` (the per-item table ``[n_items + 1]`` of
+      ``log(1 + train_count)``), the log-popularity correction of sampling bias. None: no
+      correction. L_k = weighted mean cross-entropy of the true item.
+
+    Weights (normalised over the categories in the batch): ``uniform`` w_k = 1/|present|;
+    ``size`` w_k ∝ category_sizes[k]; ``uncertainty`` (Kendall, Gal & Cipolla 2018) total =
+    mean_k(exp(−s_k) L_k + s_k) with one learned log-variance s_k per category.
+
+    Example::
+
+        loss = MultiTaskLoss(ModelConfig(), n_categories=2)
+        total, per_category = loss(u, v, {"category_idx": c, "label": y, "weight": w})
+    """
+
+    def __init__(self, cfg: ModelConfig, n_categories: int, category_sizes: Sequence[int] | None = None) -> None:
+        super().__init__()
+        if n_categories < 1:
+            raise ValueError(f"MultiTaskLoss: n_categories must be >= 1, got {n_categories}")
+        self.kind, self.weighting, self.temperature = cfg.loss, cfg.task_weighting, cfg.temperature
+        self.n_categories = n_categories
+        sizes = torch.ones(n_categories + 1)
+        if cfg.task_weighting is TaskWeighting.SIZE:
+            sizes = _size_table(category_sizes, n_categories)
+        self.register_buffer("sizes", sizes, persistent=False)
+        # One scalar per category (not one vector) so transfer phases can freeze them per category.
+        self.log_vars = nn.ParameterDict(
+            {str(k): nn.Parameter(torch.zeros(())) for k in range(1, n_categories + 1)}
+            if cfg.task_weighting is TaskWeighting.UNCERTAINTY else {})
+
+    def category_parameters(self, k: int) -> list[nn.Parameter]:
+        """The loss's own parameters for category k (the log-variance under uncertainty weighting)."""
+        return [self.log_vars[str(k)]] if str(k) in self.log_vars else []
+
+    def forward(self, u: Tensor, v: Tensor, batch: Mapping[str, Tensor],
+                log_popularity: Tensor | None = None) -> tuple[Tensor, dict[int, float]]:
+        category = batch["category_idx"]
+        label = batch["label"].to(u.dtype)
+        weight = batch["weight"].to(u.dtype) if "weight" in batch else torch.ones_like(label)
+        if self.kind is LossKind.BCE:
+            losses, rows = F.binary_cross_entropy_with_logits((u * v).sum(-1), label, reduction="none"), None
+        else:
+            losses, rows = self._sampled_softmax(u, v, batch, category, label, log_popularity)
+            category, weight = category[rows], weight[rows]
+        if category.numel() == 0:  # no rows to learn from; keep the graph so every rank backpropagates
+            return (u.sum() + v.sum()) * 0.0, {}
+        if int(category.max()) > self.n_categories or int(category.min()) < 1:
+            raise ValueError(f"batch['category_idx'] has values outside 1..{self.n_categories}")
+        k_slots = self.n_categories + 1
+        sums = torch.zeros(k_slots, dtype=u.dtype, device=u.device).index_add(0, category, weight * losses)
+        norms = torch.zeros(k_slots, dtype=u.dtype, device=u.device).index_add(0, category, weight)
+        present = sorted(set(category.tolist()))
+        per_k = {k: sums[k] / norms[k].clamp_min(1e-12) for k in present}
+        return self._combine(per_k), {k: float(l.detach()) for k, l in per_k.items()}
+
+    def _combine(self, per_k: dict[int, Tensor]) -> Tensor:
+        if self.weighting is TaskWeighting.UNCERTAINTY:
+            terms = [torch.exp(-self.log_vars[str(k)]) * l + self.log_vars[str(k)] for k, l in per_k.items()]
+            return torch.stack(terms).mean()
+        w = torch.stack([self.sizes[k] for k in per_k]).to(next(iter(per_k.values())).dtype)
+        w = w / w.sum()
+        return (w * torch.stack(list(per_k.values()))).sum()
+
+    def _sampled_softmax(self, u: Tensor, v: Tensor, batch: Mapping[str, Tensor], category: Tensor,
+                         label: Tensor, log_popularity: Tensor | None) -> tuple[Tensor, Tensor]:
+        rows = torch.nonzero(label > 0.5).squeeze(1)
+        item = batch["item_idx"][rows]
+        cat = category[rows]
+        logits = (u[rows] @ v[rows].T) / self.temperature
+        if log_popularity is not None:
+            table = log_popularity.to(logits.device, logits.dtype)
+            # Items beyond the table (added after it was built) have no count: log(1 + 0) = 0.
+            inside = item < table.shape[0]
+            log_q = torch.where(inside, table[item.clamp_max(table.shape[0] - 1)], torch.zeros_like(logits[0]))
+            logits = logits - log_q.unsqueeze(0)
+        eye = torch.eye(rows.numel(), dtype=torch.bool, device=u.device)
+        invalid = (cat.unsqueeze(1) != cat.unsqueeze(0)) | ((item.unsqueeze(1) == item.unsqueeze(0)) & ~eye)
+        logits = logits.masked_fill(invalid, float("-inf"))
+        target = torch.arange(rows.numel(), device=u.device)
+        return F.cross_entropy(logits, target, reduction="none"), rows
+
+
+def _size_table(category_sizes: Sequence[int] | None, n_categories: int) -> Tensor:
+    """``[K + 1]`` sizes indexed by category_idx from a list for 1..K (or 0..K, index 0 ignored)."""
+    if category_sizes is None:
+        raise ValueError("model.task_weighting=size needs category_sizes (examples per category)")
+    values = [float(x) for x in category_sizes]
+    if len(values) == n_categories:
+        values = [0.0, *values]
+    if len(values) != n_categories + 1:
+        raise ValueError(f"category_sizes has {len(category_sizes)} entries; expected {n_categories} "
+                         f"(categories 1..{n_categories}) or {n_categories + 1} (indexed by category_idx)")
+    if any(x < 0 for x in values[1:]):
+        raise ValueError(f"category_sizes must be >= 0, got {values[1:]}")
+    return torch.tensor(values).clamp_min(1e-6)

@@ -1,0 +1,352 @@
+"""The two towers and the cross-category model that wires them: s(u, i, k) = <f_k(h_u), g(i)>.
+
+Shapes: ``B`` batch, ``L`` history length, ``D`` embedding_dim, ``K`` categories. Dense ids
+start at 1; 0 is padding. An id above the embedding table (a user or item added after
+training) or 0 has no id embedding: the item is scored from its content, the user from history.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from xrec_spark.config import ContentEncoderKind, HistoryEncoderKind, ModelConfig
+from xrec_spark.model.content import ItemContent
+from xrec_spark.model.encoders import ContentEncoder, HistoryEncoder
+from xrec_spark.model.heads import CategoryHeads, Experts, group_by_category, per_category
+
+BATCH_KEYS = ("user_idx", "history", "item_idx", "category_idx")
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """Largest dense index of each kind; embedding tables have ``n + 1`` rows (row 0 = padding)."""
+
+    n_users: int
+    n_items: int
+    n_categories: int
+
+    def __post_init__(self) -> None:
+        for name in ("n_users", "n_items", "n_categories"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"ModelSizes.{name} must be int, got {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"ModelSizes.{name} must be >= 1, got {value}")
+
+
+class IdDropout(nn.Module):
+    """Keep-mask for id embeddings: ``n -> [n, 1]`` of 0/1, all ones in eval mode.
+
+    Draws from its own ``torch.Generator`` (never the global RNG), so masks depend only on the
+    model seed and the number of draws.
+    """
+
+    def __init__(self, p: float, generator: torch.Generator) -> None:
+        super().__init__()
+        self.p, self.generator = p, generator
+
+    def forward(self, n: int, device: torch.device) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return torch.ones(n, 1, device=device)
+        keep = torch.rand(n, 1, generator=self.generator) >= self.p
+        return keep.to(device=device, dtype=torch.float32)
+
+
+def lookup(table: nn.Embedding, idx: Tensor) -> Tensor:
+    """Rows of ``table`` for ``idx`` ``[N]``; ids outside ``1..rows-1`` give zero vectors."""
+    valid = (idx >= 1) & (idx < table.num_embeddings)
+    return table(torch.where(valid, idx, torch.zeros_like(idx))) * valid.unsqueeze(-1).to(table.weight.dtype)
+
+
+class ItemTower(nn.Module):
+    """g(i) = id(i)·keep + content(i) + category(i) + popularity(i): item_idx long ``[N]`` -> ``[N, D]``.
+
+    Content lives in non-persistent buffers (swap with :meth:`set_content`); an item above
+    ``n_items`` or with its id dropped is represented by content, category and popularity.
+
+    Example::
+
+        tower = ItemTower(ModelConfig(embedding_dim=8, hash_buckets=64), n_items=5, n_categories=2,
+                          content=content, dropout=IdDropout(0.1, torch.Generator()))
+        tower(torch.tensor([1, 6])).shape  # (2, 8) when content has >= 7 rows
+    """
+
+    def __init__(self, cfg: ModelConfig, n_items: int, n_categories: int, content: ItemContent,
+                 dropout: IdDropout) -> None:
+        super().__init__()
+        d = cfg.embedding_dim
+        self.d_txt = None if content.text_vector is None else int(content.text_vector.shape[1])
+        self.d_img = None if content.image is None else int(content.image.shape[1])
+        self.ids = nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.category = nn.Embedding(n_categories + 1, d, padding_idx=0)
+        self.popularity = nn.Linear(1, d)
+        has_content = cfg.content_encoder is not ContentEncoderKind.NONE or self.d_img is not None
+        self.content = (ContentEncoder(cfg.content_encoder, cfg.fusion, d, cfg.hidden_dim, cfg.hash_buckets,
+                                       self.d_txt if cfg.content_encoder is ContentEncoderKind.SENTENCE else None,
+                                       self.d_img) if has_content else None)
+        self.dropout = dropout
+        self.set_content(content)
+
+    def set_content(self, content: ItemContent) -> None:
+        """Replace the per-item content (e.g. with new items appended); vector sizes must match."""
+        got_txt = None if content.text_vector is None else int(content.text_vector.shape[1])
+        got_img = None if content.image is None else int(content.image.shape[1])
+        if got_img != self.d_img or (self.content is not None and self.content.text_proj is not None
+                                     and got_txt != self.d_txt):
+            raise ValueError(f"item content has image dim {got_img} and text_vector dim {got_txt}; the model "
+                             f"was built with image {self.d_img}, text_vector {self.d_txt}")
+        device = self.ids.weight.device
+        for name in ("tokens", "category", "log_popularity", "image", "text_vector"):
+            value = getattr(content, name)
+            self.register_buffer(f"content_{name}", None if value is None else value.to(device), persistent=False)
+
+    @property
+    def content_rows(self) -> int:
+        return int(self.content_tokens.shape[0])
+
+    def forward(self, item_idx: Tensor) -> Tensor:
+        keep = self.dropout(item_idx.shape[0], item_idx.device)
+        out = lookup(self.ids, item_idx) * keep
+        out = out + self.category(self.content_category[item_idx])
+        out = out + self.popularity(self.content_log_popularity[item_idx].unsqueeze(-1))
+        if self.content is not None:
+            text = None if self.content_text_vector is None else self.content_text_vector[item_idx]
+            image = None if self.content_image is None else self.content_image[item_idx]
+            out = out + self.content(self.content_tokens[item_idx], text, image)
+        return out
+
+
+class UserTower(nn.Module):
+    """h_u = user_id(u)·keep + HistoryEncoder(g(history)).
+
+    Inputs: user_idx long ``[B]``, history vectors ``[B, L, D]`` (from the item tower), mask bool
+    ``[B, L]``. Output ``[B, D]``. A user above ``n_users`` or 0 has only the history part.
+
+    Example::
+
+        tower = UserTower(n_users=10, dim=8, kind=HistoryEncoderKind.MEAN, dropout=drop)
+        tower(torch.tensor([1, 11]), torch.zeros(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)).shape  # (2, 8)
+    """
+
+    def __init__(self, n_users: int, dim: int, kind: HistoryEncoderKind, dropout: IdDropout) -> None:
+        super().__init__()
+        self.ids = nn.Embedding(n_users + 1, dim, padding_idx=0)
+        self.history = None if kind is HistoryEncoderKind.NONE else HistoryEncoder(kind, dim)
+        self.dropout = dropout
+
+    def forward(self, user_idx: Tensor, history: Tensor, mask: Tensor) -> Tensor:
+        out = lookup(self.ids, user_idx) * self.dropout(user_idx.shape[0], user_idx.device)
+        if self.history is not None:
+            out = out + self.history(history, mask)
+        return out
+
+
+class CrossCategoryModel(nn.Module):
+    """Two-tower multi-task model: score = <f_k(h_u), g(i)> for the example's category k.
+
+    ``encode(batch)`` -> (u ``[B, D]``, v ``[B, D]``); ``forward(batch)`` -> scores ``[B]``. The batch
+    holds user_idx ``[B]``, history ``[B, L]`` (0-padded), item_idx ``[B]``, category_idx ``[B]``
+    (all long). History items go through the same item tower as candidates (Siamese). With
+    ``cfg.share_across_categories=False`` every category has its own user tower and bottom and
+    reads only its own items from the history (the no-sharing baseline); the item tower is one
+    module, but each item belongs to one category, so its id row is trained by that category only.
+    """
+
+    def __init__(self, cfg: ModelConfig, sizes: ModelSizes, content: ItemContent) -> None:
+        super().__init__()
+        if not isinstance(cfg, ModelConfig):
+            raise TypeError(f"CrossCategoryModel needs a ModelConfig, got {type(cfg).__name__}")
+        self.cfg, self.sizes = cfg, sizes
+        dropout = IdDropout(cfg.id_dropout, torch.Generator().manual_seed(cfg.seed + 1))
+        self.item_tower = ItemTower(cfg, sizes.n_items, sizes.n_categories, content, dropout)
+        d, kind = cfg.embedding_dim, cfg.history_encoder
+        self.user_tower = UserTower(sizes.n_users, d, kind, dropout) if cfg.share_across_categories else None
+        self.user_towers = None if cfg.share_across_categories else nn.ModuleDict(
+            {str(k): UserTower(sizes.n_users, d, kind, dropout) for k in range(1, sizes.n_categories + 1)})
+        self.heads = CategoryHeads(sizes.n_categories, d, cfg.hidden_dim, cfg.bottom, cfg.experts,
+                                   shared=cfg.share_across_categories)
+        self.reset_parameters(torch.Generator().manual_seed(cfg.seed))
+
+    # ------------------------------------------------------------------ parameters
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Initialise every parameter from ``generator`` (the global RNG is not touched)."""
+        for module in self.modules():
+            init_module(module, generator)
+
+    def category_parameters(self, k: int) -> list[nn.Parameter]:
+        """Parameters that belong to category k alone (θ_k, its gate, its own tower when not sharing)."""
+        self._check_category(k)
+        params = list(self.heads.head(k).parameters())
+        if self.user_towers is not None:
+            params += list(self.user_towers[str(k)].parameters())
+        return params
+
+    def head_parameters(self, categories: Iterable[int] | None = None) -> list[nn.Parameter]:
+        """Per-category parameters of ``categories`` (None: all categories)."""
+        ks = range(1, self.sizes.n_categories + 1) if categories is None else categories
+        return [p for k in sorted(set(ks)) for p in self.category_parameters(int(k))]
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Every parameter that is not per-category (item tower, user tower, shared bottom)."""
+        per_category = {id(p) for p in self.head_parameters()}
+        return [p for p in self.parameters() if id(p) not in per_category]
+
+    # ------------------------------------------------------------------ content / categories
+
+    def set_content(self, content: ItemContent) -> None:
+        """Swap item content (e.g. with new items appended); content is not part of the state_dict."""
+        self.item_tower.set_content(content)
+
+    def add_category(self) -> int:
+        """Append an empty category K+1 (fresh head, tower, category embedding row); returns K+1.
+
+        Rebuild optimizers afterwards: new parameters replace the category embedding.
+        """
+        k = self.sizes.n_categories + 1
+        generator = torch.Generator().manual_seed(self.cfg.seed + 1000 + k)
+        head = self.heads.new_head().to(self.item_tower.ids.weight.device)
+        for module in head.modules():
+            init_module(module, generator)
+        self.heads.heads[str(k)] = head
+        if self.user_towers is not None:
+            tower = UserTower(self.sizes.n_users, self.cfg.embedding_dim, self.cfg.history_encoder,
+                              self.item_tower.dropout).to(self.item_tower.ids.weight.device)
+            for module in tower.modules():
+                init_module(module, generator)
+            self.user_towers[str(k)] = tower
+        old = self.item_tower.category
+        grown = nn.Embedding(k + 1, old.embedding_dim, padding_idx=0).to(old.weight.device)
+        with torch.no_grad():
+            grown.weight.zero_()
+            grown.weight[:k] = old.weight
+        self.item_tower.category = grown
+        self.sizes = replace(self.sizes, n_categories=k)
+        return k
+
+    # ------------------------------------------------------------------ scoring
+
+    def encode(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(u ``[B, D]`` = f_k(h_u) for the example's category k, v ``[B, D]`` = g(item))."""
+        user_idx, history, item_idx, category_idx = self._check_batch(batch)
+        n = item_idx.shape[0]
+        if self.cfg.history_encoder is HistoryEncoderKind.NONE:
+            v = self.item_tower(item_idx)
+            hist = v.new_zeros(n, history.shape[1], v.shape[1])
+        else:
+            # One item-tower pass over the distinct candidate and history items of the batch.
+            uniq, inverse = torch.unique(torch.cat([item_idx, history.reshape(-1)]), return_inverse=True)
+            vectors = self.item_tower(uniq)
+            v = vectors[inverse[:n]]
+            hist = vectors[inverse[n:]].view(n, history.shape[1], -1)
+        return self._user_side(user_idx, history, hist, category_idx), v
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        u, v = self.encode(batch)
+        return (u * v).sum(-1)
+
+    def user_vectors(self, user_idx: Tensor, history: Tensor, category_idx: Tensor) -> Tensor:
+        """User × category vectors ``[B, D]``: f_k(h_u) for k = category_idx."""
+        batch = {"user_idx": user_idx, "history": history, "item_idx": torch.zeros_like(user_idx),
+                 "category_idx": category_idx}
+        user_idx, history, _, category_idx = self._check_batch(batch)
+        hist = self._history_vectors(history)
+        return self._user_side(user_idx, history, hist, category_idx)
+
+    def item_vectors(self, item_idx: Tensor) -> Tensor:
+        """Item vectors ``[B, D]`` = g(item); new items (above n_items) come from content alone."""
+        self._check_items(item_idx, "item_idx")
+        return self.item_tower(item_idx)
+
+    def _history_vectors(self, history: Tensor) -> Tensor:
+        b, length = history.shape
+        if self.cfg.history_encoder is HistoryEncoderKind.NONE:
+            return torch.zeros(b, length, self.cfg.embedding_dim, device=history.device)
+        uniq, inverse = torch.unique(history.reshape(-1), return_inverse=True)
+        return self.item_tower(uniq)[inverse].view(b, length, -1)
+
+    def _user_side(self, user_idx: Tensor, history: Tensor, hist: Tensor, category_idx: Tensor) -> Tensor:
+        groups = group_by_category(category_idx)
+        mask = history != 0
+        if self.user_tower is not None:
+            return self.heads(self.user_tower(user_idx, hist, mask), category_idx, groups)
+        hist_category = self.item_tower.content_category[history]
+
+        def one(k: int, users: Tensor, vecs: Tensor, m: Tensor, cats: Tensor) -> Tensor:
+            # No sharing: category k sees only its own items in the history.
+            h = self.user_towers[str(k)](users, vecs, m & (cats == k))  # type: ignore[index]
+            return self.heads.forward_one(k, h)
+
+        return per_category(groups, one, user_idx, hist, mask, hist_category)
+
+    # ------------------------------------------------------------------ input checks
+
+    def _check_category(self, k: int) -> None:
+        if not 1 <= k <= self.sizes.n_categories:
+            raise ValueError(f"category_idx {k} outside 1..{self.sizes.n_categories} (model's n_categories); "
+                             "add it with transfer.init_new_category_head")
+
+    def _check_items(self, idx: Tensor, name: str) -> None:
+        if idx.dtype != torch.long:
+            raise TypeError(f"batch[{name!r}] must be a long tensor, got {idx.dtype}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.item_tower.content_rows):
+            bad = int(idx.max()) if int(idx.min()) >= 0 else int(idx.min())
+            raise ValueError(f"batch[{name!r}] has item_idx {bad}; the item content covers 0.."
+                             f"{self.item_tower.content_rows - 1}: call set_content with content for new items")
+
+    def _check_batch(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        missing = [k for k in BATCH_KEYS if k not in batch]
+        if missing:
+            raise ValueError(f"model batch lacks keys {missing}; got {sorted(batch)}")
+        user_idx, history, item_idx, category_idx = (batch[k] for k in BATCH_KEYS)
+        for name, t, dims in (("user_idx", user_idx, 1), ("history", history, 2), ("category_idx", category_idx, 1)):
+            if t.dtype != torch.long or t.dim() != dims:
+                raise TypeError(f"batch[{name!r}] must be a {dims}-d long tensor, got {t.dtype} {tuple(t.shape)}")
+        n = item_idx.shape[0]
+        if user_idx.shape[0] != n or history.shape[0] != n or category_idx.shape[0] != n:
+            raise ValueError(f"batch sizes differ: user_idx {user_idx.shape[0]}, history {history.shape[0]}, "
+                             f"item_idx {n}, category_idx {category_idx.shape[0]}")
+        self._check_items(item_idx, "item_idx")
+        self._check_items(history, "history")
+        if n and (int(category_idx.min()) < 1 or int(category_idx.max()) > self.sizes.n_categories):
+            bad = int(category_idx.min()) if int(category_idx.min()) < 1 else int(category_idx.max())
+            self._check_category(bad)
+        if n and int(user_idx.min()) < 0:
+            raise ValueError(f"batch['user_idx'] has negative id {int(user_idx.min())}")
+        return user_idx, history, item_idx, category_idx
+
+
+def init_module(module: nn.Module, generator: torch.Generator) -> None:
+    """Initialise one module's own parameters from ``generator``.
+
+    Embeddings N(0, 0.1) (padding row kept zero); linear maps Xavier-uniform with zero bias,
+    except a category head's map θ_k, which starts at identity plus N(0, 0.01) noise; expert
+    weights uniform in ±1/sqrt(fan-in) with zero biases; GRU weights uniform in ±1/sqrt(D).
+    """
+    with torch.no_grad():
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            module.weight.normal_(0.0, 0.1, generator=generator)
+            if module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.Linear) and getattr(module, "near_identity", False):
+            eye = torch.eye(module.weight.shape[0])
+            module.weight.copy_(eye + 0.01 * torch.randn(eye.shape, generator=generator))
+            module.bias.zero_()
+        elif isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight, generator=generator)
+            module.bias.zero_()
+        elif isinstance(module, Experts):
+            for param in (module.w1, module.w2):
+                bound = 1.0 / math.sqrt(param.shape[1])
+                param.uniform_(-bound, bound, generator=generator)
+            module.b1.zero_()
+            module.b2.zero_()
+        elif isinstance(module, nn.GRU):
+            bound = 1.0 / math.sqrt(module.hidden_size)
+            for param in module.parameters():
+                param.uniform_(-bound, bound, generator=generator)

@@ -1,0 +1,147 @@
+"""Tracking and lineage of a finished training run: an MLflow run and a gold.runs row.
+
+Both are written by the driver after the ranks have finished, from the run's TrainResult:
+ranks may run on executors that cannot reach the tracking store, and a failed run must leave
+no gold row. MLflow's default store here is SQLite under the lakehouse
+(``<root>/mlruns/mlflow.db``, artifacts in ``<root>/mlruns/artifacts``): MLflow 3 refuses its
+old file store by default. A ``train.tracking_uri`` (e.g. a tracking server) replaces it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+from xrec_spark.config import JobConfig
+from xrec_spark.tables import RUNS, Lakehouse
+from xrec_spark.train.ddp import TrainResult
+from xrec_spark.train.spec import TrainSpec
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "xrec-train"
+RUN_ID_TAG = "xrec.run_id"
+
+
+def tracking_uri(cfg: JobConfig, lake: Lakehouse) -> str:
+    """``train.tracking_uri``, else a SQLite store under a local lakehouse root."""
+    if cfg.train.tracking_uri:
+        return cfg.train.tracking_uri
+    if urlparse(lake.root).scheme not in ("", "file"):
+        raise ValueError(f"lakehouse.root {lake.root!r} is not a local path, so MLflow cannot keep its "
+                         "default SQLite store there: set train.tracking_uri (e.g. http://mlflow:5000)")
+    return f"sqlite:///{Path(lake.root) / 'mlruns' / 'mlflow.db'}"
+
+
+def _artifact_location(uri: str) -> str | None:
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+    return None   # a server decides
+
+
+def _metric_name(name: str) -> str:
+    # MLflow accepts letters, digits, _ - . / and spaces in metric names.
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name.replace("@", "_at_"))
+
+
+def _flat(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _flat(f"{prefix}.{k}", v, out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def run_params(spec: TrainSpec) -> dict[str, str]:
+    """Flat params: the train and model config sections, sizes, targets, input versions."""
+    out: dict[str, str] = {"run_id": spec.run_id, "model_version": spec.model_version}
+    _flat("train", spec.config["train"], out)
+    _flat("model", spec.config["model"], out)
+    _flat("sizes", {"n_users": spec.sizes.n_users, "n_items": spec.sizes.n_items,
+                    "n_categories": spec.sizes.n_categories}, out)
+    out["target_categories"] = json.dumps(list(spec.target_categories))
+    out["source_categories"] = json.dumps(list(spec.source_categories))
+    _flat("input", spec.input_versions(), out)
+    return {k: v[:6000] for k, v in out.items()}
+
+
+def _client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(client: Any, uri: str) -> str:
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(EXPERIMENT, artifact_location=_artifact_location(uri))
+
+
+def log_mlflow(uri: str, spec: TrainSpec, result: TrainResult) -> str:
+    """Log a finished run (params, per-epoch metrics, summary metrics, model and spec files);
+    returns the MLflow run id. A run already logged for the same run id is reused."""
+    from mlflow.entities import Metric, Param
+
+    client = _client(uri)
+    exp_id = _experiment_id(client, uri)
+    done = client.search_runs([exp_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{spec.run_id}' "
+                              "and attributes.status = 'FINISHED'", max_results=1)
+    if done:
+        return done[0].info.run_id
+    run = client.create_run(exp_id, run_name=spec.model_version,
+                            tags={RUN_ID_TAG: spec.run_id, "xrec.model_version": spec.model_version})
+    rid = run.info.run_id
+    params = [Param(k, v) for k, v in run_params(spec).items()]
+    for i in range(0, len(params), 100):   # MLflow takes at most 100 params per batch
+        client.log_batch(rid, params=params[i:i + 100])
+    now = int(datetime.now().timestamp() * 1000)
+    metrics = []
+    for step, record in enumerate(result.history, start=1):
+        for key in ("loss", "samples_per_s", "data_wait_share", "seconds"):
+            metrics.append(Metric(_metric_name(f"epoch_{key}"), float(record[key]), now, step))
+        if record.get("valid_metric") is not None:
+            metrics.append(Metric(_metric_name(f"valid_{record['metric_name']}"), float(record["valid_metric"]),
+                                  now, step))
+    metrics += [Metric(_metric_name(k), float(v), now, 0) for k, v in result.metrics.items()]
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(rid, metrics=metrics[i:i + 1000])
+    run_dir = Path(result.run_dir)
+    for name in ("model.pt", "result.json", "spec.json"):
+        if (run_dir / name).is_file():
+            client.log_artifact(rid, str(run_dir / name))
+    client.set_terminated(rid, "FINISHED")
+    return rid
+
+
+def log_mlflow_failure(uri: str, spec: TrainSpec, message: str) -> str:
+    """Record a failed attempt (params and the error as a tag) so failures show in the UI too."""
+    from mlflow.entities import Param
+
+    client = _client(uri)
+    run = client.create_run(_experiment_id(client, uri), run_name=spec.model_version,
+                            tags={RUN_ID_TAG: spec.run_id, "xrec.error": message[:5000]})
+    params = [Param(k, v) for k, v in run_params(spec).items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run.info.run_id, params=params[i:i + 100])
+    client.set_terminated(run.info.run_id, "FAILED")
+    return run.info.run_id
+
+
+def write_runs_row(lake: Lakehouse, spec: TrainSpec, result: TrainResult, config_hash: str,
+                   started: datetime, finished: datetime, extra: Mapping[str, Any]) -> int:
+    """MERGE the run's gold.runs row (keyed on run_id, so a rerun updates it); returns the
+    table's new version."""
+    params = {"run_dir": result.run_dir, "world_size": result.world_size, "best_at": result.best_at,
+              "target_categories": list(spec.target_categories), **extra}
+    row = (spec.run_id, spec.model_version, config_hash, dict(spec.input_versions()),
+           {k: float(v) for k, v in result.metrics.items()}, result.model_path, started, finished,
+           json.dumps(params, sort_keys=True))
+    lake.merge(RUNS, lake.spark.createDataFrame([row], RUNS.schema), update=True, job="train")
+    version = lake.version(RUNS)
+    return -1 if version is None else version

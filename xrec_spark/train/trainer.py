@@ -1,0 +1,334 @@
+"""The training loop one DDP rank runs: phases, epochs, steps, validation, checkpoints.
+
+Every rank runs the same number of steps in every epoch (agreed with an all-reduce MIN of the
+shard sizes before the first step), so collective calls always pair up. Rank 0 alone
+validates, writes checkpoints and the best model, then broadcasts the early-stopping
+decision; everything rank-dependent goes through :mod:`xrec_spark.train.ranks`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from xrec_spark.config import JobConfig, LossKind, PhaseConfig
+from xrec_spark.model.checkpoint import save_model
+from xrec_spark.model.content import ItemContent
+from xrec_spark.model.losses import MultiTaskLoss
+from xrec_spark.model.towers import CrossCategoryModel, ModelSizes
+from xrec_spark.model.transfer import phase_categories, phase_param_groups
+from xrec_spark.train import ranks
+from xrec_spark.train.checkpoints import (
+    Position, Progress as RunProgress, RunPaths, load_state, pack, rng_state, save_state, set_rng_state, unpack)
+from xrec_spark.train.loader import _mix, batches, open_loader, prefetched, read_pinned, steps_for, to_tensors
+from xrec_spark.train.progress import Progress
+from xrec_spark.train.spec import ITEM_FEATURES, TRAINING_EXAMPLES, TrainSpec
+from xrec_spark.train.validation import load_validation, validation_ndcg
+
+log = logging.getLogger(__name__)
+
+
+class _Objective(nn.Module):
+    """Model + loss as one module for DDP: batch -> total loss (a scalar)."""
+
+    def __init__(self, model: CrossCategoryModel, loss: MultiTaskLoss, log_popularity: Tensor | None) -> None:
+        super().__init__()
+        self.model, self.loss = model, loss
+        self.log_popularity = log_popularity
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        u, v = self.model.encode(batch)
+        total, _ = self.loss(u, v, batch, self.log_popularity)
+        return total
+
+
+class _Amp:
+    """Mixed precision on CUDA only: bf16 where supported, else fp16 with a grad scaler."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.enabled = device.type == "cuda"
+        self.dtype = torch.bfloat16 if self.enabled and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.enabled and self.dtype == torch.float16)
+
+    def autocast(self) -> Any:
+        return torch.autocast("cuda", dtype=self.dtype) if self.enabled else nullcontext()
+
+
+def warmup_cosine(total_steps: int, floor: float = 0.1) -> Callable[[int], float]:
+    """LR factor: linear warm-up over min(100, 5%) of the steps, then cosine down to ``floor``."""
+    warmup = max(1, min(100, total_steps // 20))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return factor
+
+
+def load_content(spec: TrainSpec, cfg: JobConfig) -> ItemContent:
+    """Item content from the pinned silver.item_features files (a dimension table)."""
+    table = spec.inputs[ITEM_FEATURES]
+    columns = ["item_idx", "category_idx", "text", "train_count", "image_vector", "text_vector"]
+    frame = read_pinned(table.files, table.path, columns).to_pandas()
+    return ItemContent.from_frame(frame, cfg.model, spec.sizes.n_items)
+
+
+class Trainer:
+    """One rank's training run; :meth:`fit` returns the result dict (identical on all ranks)."""
+
+    def __init__(self, spec: TrainSpec, cfg: JobConfig, info: ranks.RankInfo, paths: RunPaths) -> None:
+        self.spec, self.cfg, self.tc, self.info, self.paths = spec, cfg, cfg.train, info, paths
+        self.device = info.device
+        sizes = ModelSizes(spec.sizes.n_users, spec.sizes.n_items, spec.sizes.n_categories)
+        content = load_content(spec, cfg).to(self.device)
+        self.model = CrossCategoryModel(cfg.model, sizes, content).to(self.device)
+        self.loss = MultiTaskLoss(cfg.model, sizes.n_categories, spec.category_sizes).to(self.device)
+        log_pop = content.log_popularity if cfg.model.loss is LossKind.SAMPLED_SOFTMAX else None
+        self.objective = _Objective(self.model, self.loss, log_pop)
+        self.amp = _Amp(self.device)
+        self.progress = Progress(info.is_zero)
+        self.validation = load_validation(spec, cfg) if info.is_zero else None
+        self.metric_name = f"ndcg@{self.tc.eval_k}"
+        self._wait = 0.0
+        self.phase_base = np.cumsum([0] + [p.epochs for p in self.tc.phases]).tolist()
+
+    # ------------------------------------------------------------------ state
+
+    def _rng(self) -> dict[str, Tensor]:
+        out = rng_state(self.device)
+        for name, module in self.model.named_modules():
+            gen = getattr(module, "generator", None)
+            if isinstance(gen, torch.Generator):   # id-dropout masks draw from the model's own generator
+                out[f"generator:{name}"] = gen.get_state()
+        return out
+
+    def _set_rng(self, saved: dict[str, Tensor]) -> None:
+        set_rng_state(saved, self.device)
+        for name, module in self.model.named_modules():
+            gen = getattr(module, "generator", None)
+            if isinstance(gen, torch.Generator) and f"generator:{name}" in saved:
+                gen.set_state(saved[f"generator:{name}"])
+
+    def _checkpoint(self, pos: Position, prog: RunProgress, optimizer: Any = None, scheduler: Any = None) -> None:
+        """Write state.pt on rank 0 (all ranks call this: it gathers every rank's RNG state)."""
+        rngs = ranks.gather_to_zero(self.info, self._rng())
+
+        def write() -> None:
+            state = {**pack(pos, prog), "run_id": self.spec.run_id, "world_size": self.info.world_size,
+                     "model": self.model.state_dict(), "loss": self.loss.state_dict(), "rng": rngs,
+                     "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                     "scaler": self.amp.scaler.state_dict()}
+            save_state(self.paths.state, state)
+
+        ranks.on_rank_zero(self.info, write)
+
+    def _restore(self) -> tuple[Position, RunProgress, dict[str, Any] | None]:
+        exists = self.paths.state.is_file()
+        if self.spec.resume == "require" and not exists:
+            raise ValueError(f"resume requested but run {self.spec.run_id} has no checkpoint at "
+                             f"{self.paths.state}; run without --resume to start it")
+        if self.spec.resume == "never" or not exists:
+            return Position(), RunProgress(), None
+        state = load_state(self.paths.state)
+        if state.get("run_id") != self.spec.run_id:
+            raise ValueError(f"{self.paths.state} belongs to run {state.get('run_id')}, not {self.spec.run_id}")
+        pos, prog = unpack(state)
+        self.model.load_state_dict(state["model"])
+        self.loss.load_state_dict(state["loss"])
+        if state.get("world_size") == self.info.world_size:
+            self._set_rng(state["rng"][self.info.rank])
+        else:
+            log.warning("checkpoint was written by %s ranks, this run has %d: RNG streams restart",
+                        state.get("world_size"), self.info.world_size)
+        if self.info.is_zero:
+            log.info("resuming run %s at phase %d epoch %d step %d (global step %d)", self.spec.run_id,
+                     pos.phase, pos.epoch, pos.step, pos.global_step)
+        return pos, prog, state
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self) -> dict[str, Any]:
+        pos, prog, state = self._restore()
+        with open_loader(self.tc.loader.value, self.spec.inputs[TRAINING_EXAMPLES].files, self.info.rank,
+                         self.info.world_size, self.tc.seed) as loader:
+            for p, phase in enumerate(self.tc.phases):
+                if p < pos.phase or phase.epochs == 0 or prog.finished:
+                    continue
+                resume_state = state if state is not None and state["position"]["phase"] == p else None
+                pos = self._run_phase(p, phase, loader, pos, prog, resume_state)
+        if not prog.finished:
+            prog.finished = True
+            if prog.best_metric is None:   # nothing validated: the last model is the result
+                ranks.on_rank_zero(self.info, lambda: save_model(self.paths.model, self.model, self._meta(None)))
+            self._checkpoint(pos, prog)
+        return ranks.broadcast_from_zero(self.info, self._summary(prog, pos))
+
+    def _run_phase(self, p: int, phase: PhaseConfig, loader: Any, pos: Position, prog: RunProgress,
+                   state: dict[str, Any] | None) -> Position:
+        sources, targets = self.spec.source_categories, self.spec.target_categories
+        groups = phase_param_groups(self.model, self.loss, phase.name, phase.lr, phase.shared_lr_scale,
+                                    sources, targets)
+        cats = torch.tensor(sorted(phase_categories(phase.name, sources, targets)), dtype=torch.long)
+        params = [q for g in groups for q in g["params"]]
+        optimizer = torch.optim.Adam(groups)
+        net: nn.Module = self.objective
+        if self.info.distributed:
+            # Re-wrapped per phase: which parameters train changes between phases. Content
+            # buffers are identical on every rank, so they are not re-broadcast each step.
+            net = DistributedDataParallel(self.objective, device_ids=[self.device] if self.device.type == "cuda"
+                                          else None, find_unused_parameters=True, broadcast_buffers=False)
+        scheduler = None
+        if state is None or state["position"]["phase"] != p:
+            pos = Position(phase=p, global_step=pos.global_step)
+        if pos.epoch == 0 and pos.step == 0:
+            prog.bad_epochs = 0   # patience counts within a phase: each phase has its own objective
+        for epoch in range(pos.epoch, phase.epochs):
+            shard = loader.epoch(self.phase_base[p] + epoch)
+            steps = steps_for(ranks.min_over_ranks(self.info, shard.rows), self.tc.batch_size)
+            if scheduler is None:
+                scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps * phase.epochs))
+                if state is not None and state.get("optimizer") is not None:
+                    optimizer.load_state_dict(state["optimizer"])
+                    scheduler.load_state_dict(state["scheduler"])
+                    self.amp.scaler.load_state_dict(state["scaler"])
+            pos = self._run_epoch(phase, epoch, shard, steps, pos, prog, net, optimizer, scheduler, params, cats)
+            record, stop = self._end_epoch(phase, epoch, pos, prog)
+            last = stop or epoch + 1 == phase.epochs
+            nxt = Position(phase=p + 1 if last else p, epoch=0 if last else epoch + 1,
+                           global_step=pos.global_step)
+            self._checkpoint(nxt, prog, None if last else optimizer, None if last else scheduler)
+            pos = nxt
+            if stop:
+                if self.info.is_zero:
+                    log.info("early stop of phase %s after epoch %d: no %s gain for %d epoch(s)", phase.name,
+                             epoch + 1, self.metric_name, prog.bad_epochs)
+                break
+        return pos
+
+    def _run_epoch(self, phase: PhaseConfig, epoch: int, shard: Any, steps: int, pos: Position,
+                   prog: RunProgress, net: nn.Module, optimizer: Any, scheduler: Any, params: list,
+                   cats: Tensor) -> Position:
+        first = pos.step if pos.epoch == epoch else 0
+        if first == 0:
+            pos = Position(phase=pos.phase, epoch=epoch, global_step=pos.global_step)
+        seed = _mix(self.tc.seed, self.phase_base[pos.phase] + epoch, self.info.rank)
+        self.progress.start_epoch(phase.name, epoch, phase.epochs, steps, first)
+        t0, wait = time.perf_counter(), 0.0
+        stream = (to_tensors(b) for b in batches(shard.chunks(), self.tc.batch_size, steps, seed, skip=first))
+        try:
+            with prefetched(stream) as it:
+                step = first
+                while True:
+                    w0 = time.perf_counter()
+                    batch = next(it, None)
+                    wait += time.perf_counter() - w0
+                    if batch is None:
+                        break
+                    self._fail_hook(pos.global_step + 1)
+                    loss, n = self._step(batch, net, optimizer, scheduler, params, cats, phase, epoch, step)
+                    pos.loss_sum += loss * n
+                    pos.rows += n
+                    pos.global_step += 1
+                    step += 1
+                    self.progress.step(step - 1, loss, n * self.info.world_size)
+                    if pos.global_step % self.tc.checkpoint_every_steps == 0 and step < steps:
+                        pos.step = step
+                        snapshot = Position(**{**pos.__dict__, "seconds": pos.seconds + time.perf_counter() - t0})
+                        self._checkpoint(snapshot, prog, optimizer, scheduler)
+        finally:
+            close = getattr(shard, "close", None)
+            if close is not None:
+                close()
+        pos.step = steps
+        pos.seconds += time.perf_counter() - t0
+        self._wait = wait
+        return pos
+
+    def _fail_hook(self, step: int) -> None:
+        if self.spec.fail_at_step is not None and step == self.spec.fail_at_step \
+                and self.info.rank == self.spec.fail_rank:
+            raise RuntimeError(f"injected failure at global step {step} on rank {self.info.rank} "
+                               "(TrainSpec.fail_at_step test hook)")
+
+    def _step(self, batch: dict[str, Tensor], net: nn.Module, optimizer: Any, scheduler: Any, params: list,
+              cats: Tensor, phase: PhaseConfig, epoch: int, step: int) -> tuple[float, int]:
+        keep = torch.isin(batch["category_idx"], cats)
+        if not bool(keep.all()):
+            batch = {k: v[keep] for k, v in batch.items()}
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        optimizer.zero_grad(set_to_none=True)
+        with self.amp.autocast():
+            loss = net(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} in phase {phase.name} epoch {epoch + 1} step {step + 1}; "
+                                     f"lower train.phases[].lr (now {phase.lr}) or train.grad_clip")
+        self.amp.scaler.scale(loss).backward()
+        self.amp.scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(params, self.tc.grad_clip)
+        self.amp.scaler.step(optimizer)
+        self.amp.scaler.update()
+        scheduler.step()
+        return float(loss.detach()), int(batch["label"].shape[0])
+
+    # ------------------------------------------------------------------ epoch end
+
+    def _end_epoch(self, phase: PhaseConfig, epoch: int, pos: Position, prog: RunProgress) -> tuple[dict, bool]:
+        loss_sum, rows, wait = ranks.sum_over_ranks(self.info, [pos.loss_sum, pos.rows, self._wait])
+        record = {"phase": phase.name, "epoch": epoch + 1, "global_step": pos.global_step,
+                  "loss": loss_sum / max(rows, 1.0), "rows": rows, "seconds": pos.seconds,
+                  "samples_per_s": rows / max(pos.seconds, 1e-9),
+                  "data_wait_share": wait / self.info.world_size / max(pos.seconds, 1e-9),
+                  "metric_name": self.metric_name}
+
+        def validate() -> tuple[dict, bool, dict]:
+            metric, groups = validation_ndcg(self.model, self.validation, self.tc.eval_k, self.device) \
+                if self.validation is not None else (float("nan"), 0)
+            record.update(valid_metric=None if groups == 0 else metric, valid_groups=groups)
+            stop = False
+            if groups:
+                if prog.best_metric is None or metric > prog.best_metric:
+                    prog.best_metric, prog.bad_epochs = metric, 0
+                    prog.best_at = {"phase": phase.name, "epoch": epoch + 1, "global_step": pos.global_step}
+                    save_model(self.paths.model, self.model, self._meta(metric))
+                else:
+                    prog.bad_epochs += 1
+                    stop = prog.bad_epochs > self.tc.patience
+            self.progress.end_epoch(record)
+            return record, stop, {"best_metric": prog.best_metric, "best_at": prog.best_at,
+                                  "bad_epochs": prog.bad_epochs}
+
+        # Rank 0 decides; every rank takes its bookkeeping so that later rank-0-only actions
+        # (guarded by the same conditions on every rank) meet at the same barriers.
+        record, stop, shared = ranks.broadcast_from_zero(self.info, validate() if self.info.is_zero else None)
+        prog.best_metric, prog.best_at, prog.bad_epochs = shared["best_metric"], shared["best_at"], shared["bad_epochs"]
+        prog.history.append(record)
+        return record, stop
+
+    def _meta(self, metric: float | None) -> dict[str, Any]:
+        return {"model_version": self.spec.model_version, "run_id": self.spec.run_id,
+                "input_versions": self.spec.input_versions(), "valid_metric": metric,
+                "metric_name": self.metric_name, "target_categories": list(self.spec.target_categories)}
+
+    def _summary(self, prog: RunProgress, pos: Position) -> dict[str, Any]:
+        history = prog.history
+        metrics: dict[str, float] = {"steps": float(pos.global_step), "epochs": float(len(history))}
+        if history:
+            metrics["final_loss"] = float(history[-1]["loss"])
+            total_rows = sum(h["rows"] for h in history)
+            total_s = sum(h["seconds"] for h in history)
+            metrics["samples_per_s"] = total_rows / max(total_s, 1e-9)
+            metrics["train_seconds"] = total_s
+        if prog.best_metric is not None:
+            metrics[f"valid_{self.metric_name}"] = float(prog.best_metric)
+        return {"metrics": metrics, "history": history, "best_at": prog.best_at}
