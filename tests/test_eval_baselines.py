@@ -105,7 +105,8 @@ def test_als_tuned_on_valid_ranks_within_category(spark):
         "item_idx int, category_idx int, train_count long")
     cfg = EvalConfig(als_ranks=[2, 4], als_reg_params=[0.1], als_alphas=[5.0], als_max_iter=5, tune_k=3)
     factors, grid = tune_als(inter, features, cfg, block_size=64)
-    assert [p.rank for p, _ in grid] == [2, 4]
+    assert [p.rank for p, _, _ in grid] == [2, 4]
+    assert all(n == 12 for _, _, n in grid)  # valid (user, category) pairs: 8 in category 1, 3 in 2, user 9
     assert factors.params == max(grid, key=lambda g: g[1])[0]
     pairs = spark.createDataFrame([(1, 1), (6, 2), (9, 1)], "user_idx int, category_idx int")
     seen = seen_before(inter, C.VALID)

@@ -15,6 +15,8 @@ COMMANDS: dict[str, str] = {
     "synthetic": "jobs.synthetic",
     "demo": "jobs.demo",
     "features": "jobs.build_features",
+    "evaluate": "jobs.evaluate",
+    "report": "jobs.report",
 }
 
 

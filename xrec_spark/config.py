@@ -164,6 +164,15 @@ class SyntheticConfig(_Section):
     days: int = Field(365, ge=1)
     seed: int = 7
     files: int = Field(4, ge=1)
+    # Share of events where a user picks from their own taste cluster's items (else any item
+    # of the category): the strength of the planted cross-category signal.
+    cluster_affinity: float = Field(0.8, ge=0.0, le=1.0)
+    # From this day (0-based) on, a new category with new items and new users appears
+    # (None: never); new_category_share of that period's events go to it.
+    new_category_day: int | None = Field(None, ge=0)
+    new_category_items: int = Field(200, ge=1)
+    new_category_users: int = Field(100, ge=1)
+    new_category_share: float = Field(0.2, ge=0.0, le=1.0)
 
 
 # --------------------------------------------------------------------------- features
@@ -360,6 +369,9 @@ class EvalConfig(_Section):
     baselines: list[str] = Field(default_factory=lambda: ["popularity_global", "popularity_category", "als"])
     # Also rank with the trained model (gold.user_embeddings / gold.item_embeddings).
     include_model: bool = True
+    # model_version (gold.runs) of each baseline trained by the training job, e.g.
+    # {no_sharing: <version>, shared_no_transfer: <version>}.
+    baseline_versions: dict[str, str] = Field(default_factory=dict)
     # Model version to evaluate; None = the latest run in gold.runs.
     model_version: str | None = None
     # gold.metrics partition key; None = derived from split, systems, model and input versions.

@@ -90,9 +90,11 @@ class AlsFactors:
 
 def fit_als(positives: DataFrame, params: AlsParams, max_iter: int, seed: int) -> AlsFactors:
     """Implicit-feedback ALS on (user_idx, item_idx) positives (confidence 1 + alpha * 1)."""
+    # One factor block per core: ALS's default of 10 blocks only adds scheduling on small inputs.
+    blocks = max(2, positives.sparkSession.sparkContext.defaultParallelism)
     als = ALS(rank=params.rank, regParam=params.reg_param, alpha=params.alpha, implicitPrefs=True,
               maxIter=max_iter, seed=seed, userCol=C.USER, itemCol=C.ITEM, ratingCol="_r",
-              nonnegative=False, coldStartStrategy="drop")
+              nonnegative=False, coldStartStrategy="drop", numUserBlocks=blocks, numItemBlocks=blocks)
     model = als.fit(positives.select(C.USER, C.ITEM, F.lit(1.0).cast("float").alias("_r")))
     users = model.userFactors.select(F.col("id").cast("int").alias(C.USER), F.col("features").alias(VECTOR))
     items = model.itemFactors.select(F.col("id").cast("int").alias(C.ITEM), F.col("features").alias(VECTOR))
@@ -117,28 +119,28 @@ def als_grid(cfg: EvalConfig) -> list[AlsParams]:
 
 
 def tune_als(interactions: DataFrame, item_features: DataFrame, cfg: EvalConfig,
-             block_size: int) -> tuple[AlsFactors, list[tuple[AlsParams, float]]]:
+             block_size: int) -> tuple[AlsFactors, list[tuple[AlsParams, float, int]]]:
     """Fit the ALS grid on train, pick the best NDCG@``cfg.tune_k`` on valid (all groups).
 
-    Returns the chosen factors and the (params, valid NDCG) of every grid point.
+    Returns the chosen factors and (params, valid NDCG, valid groups) of every grid point.
     Job-level: runs one ALS fit and one evaluation per grid point.
     """
     positives = train_positives(interactions).persist()
     groups = relevant_groups(interactions, C.VALID).where(F.col(C.SLICE) == C.ALL)
     pairs = groups.select(C.USER, C.CATEGORY)
     seen = seen_before(interactions, C.VALID)
-    results: list[tuple[AlsParams, float]] = []
+    results: list[tuple[AlsParams, float, int]] = []
     best: AlsFactors | None = None
     best_score = float("-inf")
     try:
         for params in als_grid(cfg):
             factors = fit_als(positives, params, cfg.als_max_iter, cfg.seed)
             lists = ranked_lists(als_rankings(factors, pairs, item_features, seen, cfg.tune_k, block_size))
-            row = (group_metrics(lists, groups, [cfg.tune_k])
-                   .where(F.col(C.METRIC) == C.NDCG).agg(F.avg(C.VALUE).alias("v")).first())
+            row = (group_metrics(lists, groups, [cfg.tune_k]).where(F.col(C.METRIC) == C.NDCG)
+                   .agg(F.avg(C.VALUE).alias("v"), F.count("*").alias("n")).first())
             score = float(row["v"]) if row and row["v"] is not None else 0.0
-            log.info("ALS %s: valid NDCG@%d = %.5f", params, cfg.tune_k, score)
-            results.append((params, score))
+            log.info("ALS %s: valid NDCG@%d = %.5f over %d groups", params, cfg.tune_k, score, row["n"])
+            results.append((params, score, int(row["n"])))
             if score > best_score:
                 best, best_score = factors, score
     finally:

@@ -34,8 +34,11 @@ def uniform01(seed: int, tag: str, *cols: str | Column) -> Column:
 def pad_ids(arr: str | Column, length: int) -> Column:
     """``arr`` (array<int>) cut to ``length`` elements and right-padded with 0 to exactly that."""
     col = F.col(arr) if isinstance(arr, str) else arr
-    head = F.slice(F.coalesce(col, F.array().cast("array<int>")), 1, length)
-    return F.concat(head, F.array_repeat(F.lit(0), F.lit(length) - F.size(head))).cast("array<int>")
+    # coalesce per element makes the type array<int NOT NULL>, which the tables declare (a cast
+    # cannot narrow containsNull).
+    head = F.transform(F.slice(F.coalesce(col, F.array().cast("array<int>")), 1, length),
+                       lambda x: F.coalesce(x.cast("int"), F.lit(0)))
+    return F.concat(head, F.array_repeat(F.lit(0), F.lit(length) - F.size(head)))
 
 
 def epoch_seconds(ts: str | Column) -> Column:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from xrec_spark.features.common import TRAIN
 
@@ -67,5 +68,5 @@ def item_features(item_index: DataFrame, category_index: DataFrame, categories: 
             .join(content, "item_id", "left")
             .join(train_count, "item_idx", "left")
             .select("item_idx", "category_idx", "text", "image_vector",
-                    F.lit(None).cast("array<float>").alias("text_vector"),
+                    F.lit(None).cast(T.ArrayType(T.FloatType(), containsNull=False)).alias("text_vector"),
                     F.coalesce(F.col("train_count"), F.lit(0)).cast("long").alias("train_count")))

@@ -1,0 +1,179 @@
+"""Ingest of each format (Parquet with typed columns, JSON lines by glob) and of items (a file with
+list-valued genres; or derived from events, the Ciao rule)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+from pyspark.sql import functions as F
+
+from conftest import make_config
+from xrec_spark.ingest.run import run_ingest
+from xrec_spark.tables import BRONZE_EVENTS, BRONZE_ITEMS, BRONZE_QUARANTINE, Lakehouse
+
+
+def _reasons(lakehouse: Lakehouse) -> dict[str, int]:
+    rows = lakehouse.read(BRONZE_QUARANTINE).groupBy("reason").count().collect()
+    return {r["reason"]: r["count"] for r in rows}
+
+
+def _events(lakehouse: Lakehouse) -> set[tuple]:
+    return {(r["user_id"], r["item_id"], r["event_type"], r["ts"], r["value"]) for r in
+            lakehouse.read(BRONZE_EVENTS).select(
+                "user_id", "item_id", "event_type", F.date_format("event_ts", "yyyy-MM-dd HH:mm:ss").alias("ts"),
+                "value").collect()}
+
+
+def test_parquet_typed_columns(spark, tmp_path):
+    ms = 1_577_880_000_000  # 2020-01-01 12:00:00 UTC in milliseconds
+    day = 86_400_000
+    pd.DataFrame({
+        "uid": pd.array([1, 2, 3, None, 5, 6, 7, 8], dtype="Int64"),
+        "iid": [" a ", "b", "c", "d", "e", "f", "g", "b"],
+        "ts_ms": [ms, ms + day, ms, ms, ms, ms, 4_102_444_800_000, ms + 2 * day],
+        "score": [1.0, 2.0, math.nan, 3.0, math.inf, 0.5, 5.0, 2.0],
+    }).to_parquet(tmp_path / "events.parquet")
+    cfg = make_config(tmp_path / "lakehouse", ingest={"events": {
+        "path": str(tmp_path / "events.parquet"), "ts_unit": "millis", "default_event_type": "click",
+        "columns": {"user_id": "uid", "item_id": "iid", "event_ts": "ts_ms", "value": "score"}}})
+    lakehouse = Lakehouse(spark, cfg.lakehouse.root)
+    summary = run_ingest(spark, lakehouse, cfg)
+    assert (summary.rows_read, summary.accepted_events, summary.inserted_events) == (8, 3, 3)
+    assert summary.quarantined == {"missing id": 1, "timestamp out of range": 1, "value out of range": 3}
+    assert _reasons(lakehouse) == summary.quarantined
+    assert _events(lakehouse) == {("1", "a", "click", "2020-01-01 12:00:00", 1.0),
+                                  ("2", "b", "click", "2020-01-02 12:00:00", 2.0),
+                                  ("8", "b", "click", "2020-01-03 12:00:00", 2.0)}
+    raws = {json.loads(r["raw"])["uid"]: r["raw"] for r in lakehouse.read(BRONZE_QUARANTINE).collect()
+            if "uid" in json.loads(r["raw"])}
+    assert json.loads(raws[3])["score"] == "NaN"  # the source row as JSON, typed values kept
+
+
+JSON_A = [
+    {"user": "\u00fc1", "item": "x1", "ts": 1577880000, "type": "purchase", "v": 3},
+    {"user": "u2", "item": "x2", "ts": "2020-01-02T10:00:00", "type": "cart", "v": "abc"},
+    "{not json",
+    {"user": "u3", "item": "x3", "ts": "2020-01-03T10:00:00", "type": "refund", "v": 2},
+    {"user": "u4", "item": "x4", "ts": "2020-01-04T10:00:00", "type": "VIEW"},
+]
+JSON_B = [
+    {"user": "\u00fc1", "item": "x1", "ts": 1577880000, "type": "purchase", "v": 3},
+    {"user": "u5", "item": "x5", "ts": "2020-01-05T10:00:00", "type": "click", "v": 1.5},
+    {"user": "u6", "item": " ", "ts": "2020-01-06T10:00:00", "type": "click", "v": 1},
+]
+
+
+def _jsonl(path, rows):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) for r in rows) + "\n",
+                    encoding="utf-8")
+
+
+def test_json_lines_by_glob(spark, tmp_path):
+    _jsonl(tmp_path / "a.jsonl", JSON_A)
+    _jsonl(tmp_path / "b.jsonl", JSON_B)
+    cfg = make_config(tmp_path / "lakehouse", ingest={"events": {
+        "path": str(tmp_path / "*.jsonl"), "ts_format": "yyyy-MM-dd'T'HH:mm:ss",
+        "columns": {"user_id": "user", "item_id": "item", "event_ts": "ts", "value": "v", "event_type": "type"}}})
+    lakehouse = Lakehouse(spark, cfg.lakehouse.root)
+    summary = run_ingest(spark, lakehouse, cfg)
+    assert (summary.rows_read, summary.accepted_events) == (8, 3)
+    assert summary.quarantined == {"malformed line": 1, "missing id": 1, "value out of range": 1,
+                                   "unknown event type": 1, "duplicate within batch": 1}
+    assert _events(lakehouse) == {("\u00fc1", "x1", "purchase", "2020-01-01 12:00:00", 3.0),
+                                  ("u4", "x4", "view", "2020-01-04 10:00:00", None),
+                                  ("u5", "x5", "click", "2020-01-05 10:00:00", 1.5)}
+    rows = {r["reason"]: r for r in lakehouse.read(BRONZE_QUARANTINE).collect()}
+    # the first copy (file order a < b) is kept, the second quarantined
+    assert rows["duplicate within batch"]["source"].endswith("/b.jsonl")
+    assert rows["malformed line"]["raw"] == "{not json"
+    assert lakehouse.read(BRONZE_EVENTS).where(F.col("user_id") == "\u00fc1").first()["source"].endswith("/a.jsonl")
+
+
+ITEM_COLUMNS = {"item_id": "item_id", "category": "genres", "title": "title", "text": None, "price": "price"}
+
+
+def _items_file(path, toy_story_title: str):
+    pd.DataFrame({
+        "item_id": ["Toy Story (1995)", "Heat (1995)", "Heat (1995)", None, "Nameless", "Odd"],
+        "title": [toy_story_title, "Heat (1995)", "Heat again", "x", "Nameless", "Odd"],
+        "genres": [["Animation", "Children's", "Comedy"], ["Action", "Crime", "Thriller"], ["Drama"], ["Drama"],
+                   [], ["Comedy"]],
+        "price": [9.99, None, 1.0, 1.0, 3.0, -1.0],
+    }).to_parquet(path)
+
+
+def test_items_file_with_genre_lists_latest_wins(spark, tmp_path):
+    pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["Toy Story (1995)", "Heat (1995)"],
+                  "event_ts": pd.to_datetime(["2001-01-01", "2001-01-02"], utc=True), "rating": [5.0, 3.0]}
+                 ).to_parquet(tmp_path / "ratings.parquet")
+    _items_file(tmp_path / "items.parquet", "Toy Story (1995)")
+    ingest = {"events": {"path": str(tmp_path / "ratings.parquet"), "columns": {"category": None}},
+              "items": {"path": str(tmp_path / "items.parquet"), "columns": ITEM_COLUMNS}}
+    cfg = make_config(tmp_path / "lakehouse", ingest=ingest)
+    lakehouse = Lakehouse(spark, cfg.lakehouse.root)
+    first = run_ingest(spark, lakehouse, cfg)
+    assert (first.item_rows_read, first.accepted_items, first.upserted_items) == (6, 3, 3)
+    assert first.quarantined == {"missing id": 1, "value out of range": 1, "duplicate within batch": 1}
+    items = {r["item_id"]: r for r in lakehouse.read(BRONZE_ITEMS).collect()}
+    assert {k: (r["category"], r["text"], r["price"]) for k, r in items.items()} == {
+        "Toy Story (1995)": ("Animation", "Toy Story (1995) Animation Children's Comedy", 9.99),
+        "Heat (1995)": ("Action", "Heat (1995) Action Crime Thriller", None),
+        "Nameless": (None, "Nameless", 3.0),
+    }
+    version = lakehouse.version(BRONZE_ITEMS)
+    again = run_ingest(spark, lakehouse, cfg)
+    assert (again.upserted_items, again.new_quarantine_rows) == (0, 0)
+    assert lakehouse.version(BRONZE_ITEMS) == version
+
+    _items_file(tmp_path / "items.parquet", "Toy Story")
+    changed = run_ingest(spark, lakehouse, cfg)
+    assert changed.upserted_items == 1
+    after = {r["item_id"]: r for r in lakehouse.read(BRONZE_ITEMS).collect()}
+    assert after["Toy Story (1995)"]["title"] == "Toy Story"
+    assert after["Toy Story (1995)"]["updated_at"] > items["Toy Story (1995)"]["updated_at"]
+    assert after["Heat (1995)"]["updated_at"] == items["Heat (1995)"]["updated_at"]
+    assert len(after) == 3
+
+
+def test_items_derived_from_all_events_of_touched_items(spark, tmp_path):
+    header = "user_id,item_id,event_ts,rating,category\n"
+    (tmp_path / "batch1.csv").write_text(header + "\n".join([
+        "u1,A,2020-01-01 00:00:00,5,c1", "u2,A,2020-01-02 00:00:00,5,c1", "u3,A,2020-01-03 00:00:00,5,c2",
+        "u1,B,2020-01-01 00:00:00,4,c1", "u2,B,2020-01-05 00:00:00,4,c2",   # tie -> latest: c2
+        "u1,C,2020-01-01 00:00:00,3,c4", "u2,C,2020-01-01 00:00:00,3,c3",   # tie, same time -> c3
+        "u1,D,2020-01-01 00:00:00,3,",
+    ]) + "\n")
+    (tmp_path / "batch2.csv").write_text(header + "u3,B,2020-02-01 00:00:00,4,c1\nu4,B,2020-02-02 00:00:00,4,c1\n")
+    ingest = {"events": {"path": str(tmp_path / "batch1.csv"), "columns": {"category": "category"}}}
+    cfg = make_config(tmp_path / "lakehouse", ingest=ingest)
+    lakehouse = Lakehouse(spark, cfg.lakehouse.root)
+
+    def categories():
+        return {r["item_id"]: r["category"] for r in lakehouse.read(BRONZE_ITEMS).collect()}
+
+    first = run_ingest(spark, lakehouse, cfg)
+    assert (first.accepted_items, first.upserted_items) == (4, 4)
+    assert categories() == {"A": "c1", "B": "c2", "C": "c3", "D": None}
+    second = run_ingest(spark, lakehouse, cfg.with_overrides([f"ingest.events.path={tmp_path / 'batch2.csv'}"]))
+    # B now has 3 events under c1 and 1 under c2 (counted over all of bronze.events)
+    assert (second.accepted_items, second.upserted_items) == (1, 1)
+    assert categories() == {"A": "c1", "B": "c1", "C": "c3", "D": None}
+    assert lakehouse.read(BRONZE_EVENTS).where(F.col("item_id") == "B").select("category").distinct().count() == 2
+
+
+@pytest.mark.parametrize(("columns", "message"), [
+    ({"image_vector": "title"}, r"column 'title' mapped to image_vector has type string"),
+])
+def test_item_column_type_errors_name_the_column(spark, tmp_path, columns, message):
+    _items_file(tmp_path / "items.parquet", "Toy Story (1995)")
+    pd.DataFrame({"user_id": ["u1"], "item_id": ["Heat (1995)"], "event_ts": pd.to_datetime(["2001-01-01"], utc=True),
+                  "rating": [3.0]}).to_parquet(tmp_path / "ratings.parquet")
+    cfg = make_config(tmp_path / "lakehouse", ingest={
+        "events": {"path": str(tmp_path / "ratings.parquet"), "columns": {"category": None}},
+        "items": {"path": str(tmp_path / "items.parquet"), "columns": {**ITEM_COLUMNS, **columns}}})
+    with pytest.raises(TypeError, match=message):
+        run_ingest(spark, Lakehouse(spark, cfg.lakehouse.root), cfg)
+    assert not (tmp_path / "lakehouse").exists()

@@ -1,0 +1,216 @@
+"""``xrec evaluate``: rank with every system, score, summarise, write gold.metrics.
+
+One job-level function, :func:`evaluate`. It pins its inputs (Delta versions), builds the
+evaluation groups of ``eval.split`` from silver.interactions, ranks the groups' (user,
+category) pairs with each baseline and the model (full ranking within the category, seen items
+excluded), computes per-group metrics in Spark, collects them (small: systems x groups x
+metrics) for the stratified, paired bootstrap, adds item coverage and popularity bias, and
+writes everything to gold.metrics with ``replaceWhere eval_id = ...``. The eval_id is derived
+from what determines the numbers (split, systems, model versions, input versions, eval config),
+so re-running on the same inputs replaces its own rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import pandas as pd
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from xrec_spark.batch.lineage import model_run, record_job, sql_string, utc_now
+from xrec_spark.config import JobConfig
+from xrec_spark.eval import baselines as B
+from xrec_spark.eval import columns as C
+from xrec_spark.eval.bootstrap import summarize
+from xrec_spark.eval.metrics import coverage_and_popularity, group_metrics, ranked_lists, relevant_groups
+from xrec_spark.eval.model_rankings import model_rankings
+from xrec_spark.tables import (
+    CATEGORY_INDEX, INTERACTIONS, ITEM_EMBEDDINGS, ITEM_FEATURES, METRICS, RUNS, USER_EMBEDDINGS, USER_HISTORY,
+    Lakehouse)
+
+log = logging.getLogger(__name__)
+
+JOB = "evaluate"
+MODEL = "model"
+TRAINED_BASELINES = ("no_sharing", "shared_no_transfer")
+DATA_INPUTS = (INTERACTIONS, ITEM_FEATURES, CATEGORY_INDEX)
+MODEL_INPUTS = (USER_HISTORY, ITEM_EMBEDDINGS, USER_EMBEDDINGS, RUNS)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What an evaluation wrote (``rows`` = the gold.metrics rows as pandas)."""
+
+    eval_id: str
+    split: str
+    systems: list[str]
+    model_versions: dict[str, str]
+    rows: pd.DataFrame
+    als_grid: list[dict[str, float]] = field(default_factory=list)
+    input_versions: dict[str, int] = field(default_factory=dict)
+    output_versions: dict[str, int] = field(default_factory=dict)
+
+    def table(self, metric: str = C.NDCG, k: int = 10, category: str = C.ALL) -> pd.DataFrame:
+        """system x slice of ``metric@k`` as "value [low, high] (groups)" strings."""
+        sel = self.rows[(self.rows[C.METRIC] == metric) & (self.rows[C.K] == k)
+                        & (self.rows[C.CATEGORY_NAME] == category) & (self.rows[METRICS_SPLIT] == self.split)]
+        cells = sel.assign(cell=[f"{v:.4f} [{lo:.4f}, {hi:.4f}] (n={n})" for v, lo, hi, n in
+                                 zip(sel[C.VALUE], sel[C.CI_LOW], sel[C.CI_HIGH], sel[C.GROUPS])])
+        return cells.pivot(index=C.SYSTEM, columns=C.SLICE, values="cell")
+
+
+METRICS_SPLIT = "split"
+
+
+def eval_id_for(cfg: JobConfig, systems: list[str], model_versions: dict[str, str],
+                inputs: dict[str, int]) -> str:
+    """``<split>-<sha256[:16]>`` of everything that determines the numbers (not gold.runs'
+    version: a new unrelated training run does not change an evaluation)."""
+    if cfg.eval.eval_id:
+        sql_string(cfg.eval.eval_id, "eval.eval_id")
+        return cfg.eval.eval_id
+    eval_cfg = {k: v for k, v in cfg.eval.model_dump(mode="json").items() if k not in ("report_dir", "eval_id")}
+    body = {"systems": sorted(systems), "models": dict(sorted(model_versions.items())),
+            "inputs": {k: v for k, v in sorted(inputs.items()) if k != RUNS.qualified}, "eval": eval_cfg}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{cfg.eval.split}-{digest}"
+
+
+def _baseline_rankings(name: str, interactions: DataFrame, features: DataFrame, pairs: DataFrame,
+                       seen: DataFrame, cfg: JobConfig, k: int) -> tuple[DataFrame, list[dict[str, float]]]:
+    block = cfg.eval.block_size
+    if name == B.POP_CATEGORY:
+        return B.popularity_category(pairs, features, seen, k, block), []
+    if name == B.POP_GLOBAL:
+        return B.popularity_global(pairs, features, seen, k, block), []
+    if name == B.ALS_NAME:
+        factors, grid = B.tune_als(interactions, features, cfg.eval, block)
+        table = [{"rank": p.rank, "reg_param": p.reg_param, "alpha": p.alpha, "valid_ndcg": s, "groups": n}
+                 for p, s, n in grid]
+        return B.als_rankings(factors, pairs, features, seen, k, block), table
+    raise ValueError(f"eval.baselines: {name!r} has no ranking function here")
+
+
+def _metric_rows(summary: pd.DataFrame, coverage: pd.DataFrame, names: dict[int, str]) -> pd.DataFrame:
+    """Both result frames in gold.metrics' column layout (category as natural name)."""
+    ranks = summary.assign(**{C.CATEGORY_NAME: summary[C.CATEGORY_NAME].map(
+        lambda c: c if c in (C.ALL, C.MACRO) else names.get(int(c), str(c)))})
+    cov = coverage.assign(**{
+        C.CATEGORY_NAME: coverage[C.CATEGORY].map(lambda c: C.ALL if pd.isna(c) else names.get(int(c), str(int(c)))),
+        C.SLICE: C.ALL, C.CI_LOW: float("nan"), C.CI_HIGH: float("nan")}).drop(columns=[C.CATEGORY])
+    return pd.concat([ranks, cov], ignore_index=True)
+
+
+def _nan_to_none(x: Any) -> Any:
+    return None if x is None or (isinstance(x, float) and x != x) else x
+
+
+def write_metrics(lake: Lakehouse, rows: pd.DataFrame, eval_id: str, split: str,
+                  model_versions: dict[str, str], inputs: dict[str, int]) -> None:
+    """Replace gold.metrics rows of ``eval_id`` with ``rows``."""
+    today = date.today()
+    records = [(eval_id, today, model_versions.get(r[C.SYSTEM]), r[C.SYSTEM], r.get(METRICS_SPLIT, split),
+                str(r[C.CATEGORY_NAME]), r[C.SLICE], r[C.METRIC],
+                None if pd.isna(r[C.K]) else int(r[C.K]), _nan_to_none(float(r[C.VALUE])), int(r[C.GROUPS]),
+                _nan_to_none(float(r[C.CI_LOW])), _nan_to_none(float(r[C.CI_HIGH])), dict(inputs))
+               for r in rows.to_dict("records")]
+    df = lake.spark.createDataFrame(records, METRICS.schema)
+    lake.overwrite(METRICS, df, replace_where=f"eval_id = {sql_string(eval_id, 'eval_id')}", job=JOB)
+
+
+def evaluate(lake: Lakehouse, cfg: JobConfig) -> EvalResult:
+    """The whole evaluation job (see module docstring); returns what it wrote."""
+    started = utc_now()
+    ev = cfg.eval
+    inputs = lake.versions(DATA_INPUTS + (MODEL_INPUTS if ev.include_model or _trained(ev) else ()))
+    interactions = lake.read(INTERACTIONS, inputs.get(INTERACTIONS.qualified))
+    features = lake.read(ITEM_FEATURES, inputs.get(ITEM_FEATURES.qualified))
+    names = {int(r["category_idx"]): r["category"] for r in
+             lake.read(CATEGORY_INDEX, inputs.get(CATEGORY_INDEX.qualified)).collect()}
+    k_max = max(ev.ks)
+    groups = relevant_groups(interactions, ev.split).persist(StorageLevel.MEMORY_AND_DISK)
+    pairs = groups.where(F.col(C.SLICE) == C.ALL).select(C.USER, C.CATEGORY)
+    seen = B.seen_before(interactions, ev.split)
+
+    parts: list[DataFrame] = []
+    als_grid: list[dict[str, float]] = []
+    handles = []
+    for name in ev.baselines:
+        if name in TRAINED_BASELINES:
+            continue
+        ranking, grid = _baseline_rankings(name, interactions, features, pairs, seen, cfg, k_max)
+        parts.append(ranking)
+        als_grid += grid
+    model_versions: dict[str, str] = {}
+    for system, version in _model_systems(cfg):
+        run = model_run(lake, version)
+        ranking, counts, handle = model_rankings(lake, cfg, run, pairs, seen, k_max, system)
+        log.info("%s = model %s: %s", system, run.model_version, counts)
+        parts.append(ranking)
+        handles.append(handle)
+        model_versions[system] = run.model_version
+    if not parts:
+        raise ValueError("nothing to evaluate: eval.baselines is empty and eval.include_model is false")
+    rankings = parts[0]
+    for part in parts[1:]:
+        rankings = rankings.unionByName(part)
+    rankings = rankings.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        n_lists = rankings.count()
+        for handle in handles:
+            handle.release()
+        per_group = group_metrics(ranked_lists(rankings), groups, ev.ks).toPandas()
+        if per_group.empty:
+            raise ValueError(f"silver.interactions has no {ev.split} positives: nothing to evaluate "
+                             "(check features.split fractions/dates)")
+        summary = summarize(per_group, ev.bootstrap_samples, ev.seed)
+        coverage = coverage_and_popularity(rankings, pairs, features, ev.ks).toPandas()
+    finally:
+        rankings.unpersist()
+        groups.unpersist()
+    systems = sorted(summary[C.SYSTEM].unique())
+    eval_id = eval_id_for(cfg, systems, model_versions, inputs)
+    rows = _metric_rows(summary, coverage, names).assign(**{METRICS_SPLIT: ev.split})
+    rows = pd.concat([rows, _grid_rows(als_grid, ev.tune_k)], ignore_index=True)
+    write_metrics(lake, rows, eval_id, ev.split, model_versions, inputs)
+    outputs = lake.versions((METRICS,))
+    record_job(lake, JOB, eval_id, inputs, outputs,
+               {"eval_id": eval_id, "split": ev.split, "systems": systems, "models": model_versions,
+                "ranked_rows": n_lists, "als_grid": als_grid}, started)
+    return EvalResult(eval_id, ev.split, systems, model_versions, rows, als_grid, inputs, outputs)
+
+
+def _grid_rows(grid: list[dict[str, float]], k: int) -> pd.DataFrame:
+    """ALS tuning results as valid-split rows (system ``als[rank=..,reg=..,alpha=..]``)."""
+    return pd.DataFrame([{
+        C.SYSTEM: f"als[rank={g['rank']},reg={g['reg_param']},alpha={g['alpha']}]", METRICS_SPLIT: C.VALID,
+        C.CATEGORY_NAME: C.ALL, C.SLICE: C.ALL, C.METRIC: C.NDCG, C.K: k, C.VALUE: g["valid_ndcg"],
+        C.GROUPS: int(g["groups"]), C.CI_LOW: float("nan"), C.CI_HIGH: float("nan")} for g in grid],
+        columns=[C.SYSTEM, METRICS_SPLIT, C.CATEGORY_NAME, C.SLICE, C.METRIC, C.K, C.VALUE, C.GROUPS,
+                 C.CI_LOW, C.CI_HIGH])
+
+
+def _trained(ev) -> bool:
+    return any(b in TRAINED_BASELINES for b in ev.baselines)
+
+
+def _model_systems(cfg: JobConfig) -> list[tuple[str, str | None]]:
+    """(system name, model_version or None = latest) of every model-based system."""
+    out: list[tuple[str, str | None]] = []
+    if cfg.eval.include_model:
+        out.append((MODEL, cfg.eval.model_version))
+    for name in cfg.eval.baselines:
+        if name in TRAINED_BASELINES:
+            version = cfg.eval.baseline_versions.get(name)
+            if not version:
+                raise ValueError(f"eval.baselines has {name!r} but eval.baseline_versions.{name} is not set: "
+                                 f"train it (bench/quality.py does) and pass its model_version")
+            out.append((name, version))
+    return out

@@ -1,0 +1,303 @@
+"""``xrec report``: a markdown report with PNG figures from gold.metrics and its lineage.
+
+``report/index.md`` states the data (tables and versions, split dates, sizes), the seeds and
+the model version; a summary table of model vs baselines per slice (value, 95% interval, group
+count) with a verdict that calls a difference a win only when the intervals do not overlap;
+coverage and popularity bias; per-category NDCG@10 bars; the category-transfer heatmap; and
+the training curve (from the run's result file or its MLflow run, when either exists).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pyspark.sql import functions as F
+
+from xrec_spark.batch.lineage import NoModelError, model_run
+from xrec_spark.config import JobConfig
+from xrec_spark.eval import columns as C
+from xrec_spark.eval import plots
+from xrec_spark.eval.bootstrap import is_win
+from xrec_spark.tables import CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, JOB_LOG, METRICS, Lakehouse
+from xrec_spark.tables import RUNS as RUNS_TABLE
+
+log = logging.getLogger(__name__)
+
+SLICE_ORDER = (C.WARM, C.CROSS_CATEGORY, C.COLD_USER, C.COLD_ITEM, C.ALL)
+MODEL_SYSTEMS = ("model",)
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    path: Path
+    eval_id: str
+    figures: list[Path]
+
+
+def latest_eval_id(lake: Lakehouse) -> str:
+    """eval_id of the most recent ``evaluate`` run in meta.job_log."""
+    row = None
+    if lake.exists(JOB_LOG):
+        row = (lake.read(JOB_LOG).where(F.col("job") == "evaluate")
+               .orderBy(F.col("finished_at").desc()).select("run_key").first())
+    if row is None:
+        raise ValueError("no evaluation found in meta.job_log: run `xrec evaluate` first "
+                         "(or pass --set eval.eval_id=<id> of gold.metrics)")
+    return str(row["run_key"])
+
+
+def _cell(r: pd.Series) -> str:
+    if pd.isna(r[C.CI_LOW]):
+        return f"{r[C.VALUE]:.4f} (n={int(r[C.GROUPS])})"
+    return f"{r[C.VALUE]:.4f} [{r[C.CI_LOW]:.4f}, {r[C.CI_HIGH]:.4f}] (n={int(r[C.GROUPS])})"
+
+
+def summary_table(metrics: pd.DataFrame, metric: str, k: int, split: str, category: str = C.ALL) -> str:
+    """Markdown: systems x slices of ``metric@k`` for ``category`` (``all`` = micro, ``macro``)."""
+    sel = metrics[(metrics[C.METRIC] == metric) & (metrics[C.K] == k) & (metrics[C.CATEGORY_NAME] == category)
+                  & (metrics["split"] == split)]
+    slices = [s for s in SLICE_ORDER if s in set(sel[C.SLICE])]
+    systems = sorted(set(sel[C.SYSTEM]), key=lambda s: (s not in MODEL_SYSTEMS, s))
+    lines = ["| system | " + " | ".join(slices) + " |", "|---|" + "---|" * len(slices)]
+    for system in systems:
+        cells = []
+        for s in slices:
+            row = sel[(sel[C.SYSTEM] == system) & (sel[C.SLICE] == s)]
+            cells.append(_cell(row.iloc[0]) if len(row) else "-")
+        lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdicts(metrics: pd.DataFrame, metric: str, k: int, split: str, model: str = "model") -> str:
+    """Markdown: per slice, the model against the best baseline (by point value)."""
+    sel = metrics[(metrics[C.METRIC] == metric) & (metrics[C.K] == k) & (metrics[C.CATEGORY_NAME] == C.ALL)
+                  & (metrics["split"] == split)]
+    if model not in set(sel[C.SYSTEM]):
+        return "_No model rankings in this evaluation: baselines only._"
+    lines = ["| slice | model | best baseline | relative difference | verdict (95% intervals) |",
+             "|---|---|---|---|---|"]
+    for s in [x for x in SLICE_ORDER if x in set(sel[C.SLICE])]:
+        part = sel[sel[C.SLICE] == s]
+        mine = part[part[C.SYSTEM] == model].iloc[0]
+        others = part[part[C.SYSTEM] != model]
+        if others.empty:
+            continue
+        best = others.sort_values(C.VALUE, ascending=False).iloc[0]
+        rel = (mine[C.VALUE] / best[C.VALUE] - 1) * 100 if best[C.VALUE] > 0 else float("nan")
+        if is_win(mine[C.CI_LOW], best[C.CI_HIGH]):
+            verdict = "**win** (intervals apart)"
+        elif is_win(best[C.CI_LOW], mine[C.CI_HIGH]):
+            verdict = "**loss** (intervals apart)"
+        else:
+            verdict = "no clear difference (intervals overlap)"
+        lines.append(f"| {s} | {mine[C.VALUE]:.4f} | {best[C.SYSTEM]} {best[C.VALUE]:.4f} | "
+                     f"{rel:+.1f}% | {verdict} |")
+    return "\n".join(lines)
+
+
+def coverage_table(metrics: pd.DataFrame, k: int) -> str:
+    sel = metrics[(metrics[C.CATEGORY_NAME] == C.ALL) & (metrics[C.K] == k)
+                  & metrics[C.METRIC].isin([C.COVERAGE, C.POPULARITY_BIAS])]
+    wide = sel.pivot_table(index=C.SYSTEM, columns=C.METRIC, values=C.VALUE, aggfunc="first")
+    ref = metrics[(metrics[C.METRIC] == C.CATALOGUE_POPULARITY) & (metrics[C.CATEGORY_NAME] == C.ALL)]
+    lines = [f"| system | item coverage@{k} | mean log(1+train count) of top-{k} |", "|---|---|---|"]
+    for system, r in wide.iterrows():
+        lines.append(f"| {system} | {r.get(C.COVERAGE, float('nan')):.4f} | {r.get(C.POPULARITY_BIAS, float('nan')):.3f} |")
+    if len(ref):
+        lines.append(f"| (catalogue) | 1.0000 | {ref[C.VALUE].iloc[0]:.3f} |")
+    return "\n".join(lines)
+
+
+def data_facts(lake: Lakehouse, versions: dict[str, int]) -> pd.DataFrame:
+    """Per split: rows, positives, users, items, first and last timestamp (silver.interactions)."""
+    inter = lake.read(INTERACTIONS, versions.get(INTERACTIONS.qualified))
+    return (inter.groupBy("split").agg(
+        F.count("*").alias("rows"), F.sum("label").alias("positives"), F.countDistinct("user_idx").alias("users"),
+        F.countDistinct("item_idx").alias("items"), F.min("ts").alias("first"), F.max("ts").alias("last"))
+        .toPandas().set_index("split").reindex([C.TRAIN, C.VALID, C.TEST]))
+
+
+def training_history(params: dict[str, Any]) -> tuple[pd.DataFrame | None, str]:
+    """The run's per-epoch records, from its result.json, else its MLflow run; and the source."""
+    run_dir = params.get("run_dir")
+    if run_dir and (Path(run_dir) / "result.json").is_file():
+        data = json.loads((Path(run_dir) / "result.json").read_text(encoding="utf-8"))
+        records = data.get("history") or []
+        if records:
+            frame = pd.DataFrame(records)
+            frame["epoch"] = range(1, len(frame) + 1)
+            return frame, f"the run's result file ({Path(run_dir).name}/result.json)"
+    uri, rid = params.get("tracking_uri"), params.get("mlflow_run_id")
+    if uri and rid:
+        frame = _mlflow_history(str(uri), str(rid))
+        if frame is not None:
+            return frame, f"MLflow run {rid}"
+    return None, "absent"
+
+
+def _mlflow_history(uri: str, rid: str) -> pd.DataFrame | None:
+    try:
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        return None
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        rows = {m.step: {"epoch": m.step, "loss": m.value} for m in client.get_metric_history(rid, "epoch_loss")}
+        valid_names = [k for k in client.get_run(rid).data.metrics if k.startswith("valid_")]
+        for name in valid_names[:1]:
+            for m in client.get_metric_history(rid, name):
+                if m.step == 0:   # step 0 holds the run's summary value, not an epoch
+                    continue
+                rows.setdefault(m.step, {"epoch": m.step, "loss": float("nan")}).update(
+                    valid_metric=m.value, metric_name=name.removeprefix("valid_"))
+    except (MlflowException, OSError) as e:
+        log.warning("cannot read MLflow run %s at %s: %s", rid, uri, e)
+        return None
+    return pd.DataFrame(sorted(rows.values(), key=lambda r: r["epoch"])) if rows else None
+
+
+def _run_facts(lake: Lakehouse, model_version: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(gold.runs params, the run's config from its spec.json) of the evaluated model, if any."""
+    if model_version is None:
+        return {}, {}
+    try:
+        run = model_run(lake, model_version)
+    except NoModelError:
+        return {}, {}
+    row = lake.read(RUNS_TABLE).where(F.col("run_id") == run.run_id).select("params").first()
+    params = json.loads(row["params"]) if row and row["params"] else {}
+    spec = Path(str(params.get("run_dir", ""))) / "spec.json"
+    config = json.loads(spec.read_text(encoding="utf-8")).get("config", {}) if spec.is_file() else {}
+    return {**params, "run_id": run.run_id, "checkpoint_path": run.checkpoint_path,
+            "finished_at": str(run.finished_at)}, config
+
+
+def _seeds(config: dict[str, Any], cfg: JobConfig) -> str:
+    used = config or cfg.model_dump(mode="json")
+    source = "the model run's config" if config else "the report's config"
+    parts = [f"{section}.seed={used.get(section, {}).get('seed')}" for section in ("features", "model", "train")]
+    return f"{', '.join(parts)} (from {source}); eval.seed={cfg.eval.seed} (bootstrap)"
+
+
+def build_report(lake: Lakehouse, cfg: JobConfig) -> ReportResult:
+    """Write ``<eval.report_dir>/index.md`` and its PNGs for ``eval.eval_id`` (None: the latest)."""
+    eval_id = cfg.eval.eval_id or latest_eval_id(lake)
+    metrics = lake.read(METRICS).where(F.col("eval_id") == eval_id).toPandas()
+    if metrics.empty:
+        raise ValueError(f"gold.metrics has no rows for eval_id {eval_id!r}: run `xrec evaluate` first")
+    out = Path(cfg.eval.report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    versions = dict(metrics["input_versions"].iloc[0] or {})
+    # The evaluated split; ALS tuning rows (system "als[...]") are always on valid.
+    split = str(metrics.loc[~metrics[C.SYSTEM].str.startswith("als["), "split"].iloc[0])
+    models = metrics.dropna(subset=["model_version"]).groupby(C.SYSTEM)["model_version"].first().to_dict()
+    params, run_config = _run_facts(lake, models.get("model"))
+    names = {int(r["category_idx"]): r["category"] for r in
+             lake.read(CATEGORY_INDEX, versions.get(CATEGORY_INDEX.qualified)).collect()}
+    facts = data_facts(lake, versions)
+    k = 10 if (metrics[C.K] == 10).any() else int(metrics[C.K].dropna().min())
+    figures: list[Path] = []
+    systems = sorted(set(metrics.loc[metrics[C.METRIC] == C.NDCG, C.SYSTEM])
+                     - {s for s in metrics[C.SYSTEM] if s.startswith("als[")}, key=lambda s: (s != "model", s))
+    per_cat = metrics[(metrics[C.METRIC] == C.NDCG) & (metrics[C.K] == k) & (metrics["split"] == split)
+                      & ~metrics[C.CATEGORY_NAME].isin([C.ALL, C.MACRO])]
+    for slice_name in (C.ALL, C.CROSS_CATEGORY):
+        part = per_cat[per_cat[C.SLICE] == slice_name]
+        if len(part):
+            figures.append(plots.category_bars(part, systems, out / f"ndcg{k}_by_category_{slice_name}.png",
+                                               f"NDCG@{k} per category, slice {slice_name} ({split})"))
+    transfer_note = "silver.category_transfer does not exist."
+    if lake.exists(CATEGORY_TRANSFER):
+        transfer = lake.read(CATEGORY_TRANSFER).toPandas()
+        if len(transfer):
+            figures.append(plots.transfer_heatmap(transfer, names, out / "category_transfer.png"))
+            transfer_note = "![category transfer](category_transfer.png)"
+    history, source = training_history(params)
+    curve_note = ("No training history was found for the evaluated model (no run result file and no "
+                  "MLflow run), so there is no metric-vs-epoch curve." if history is None else "")
+    if history is not None:
+        figures.append(plots.training_curves(history, out / "training_curve.png",
+                                             f"model {models.get('model')}: loss and validation metric per epoch"))
+        curve_note = f"![training curve](training_curve.png)\n\nSource: {source}."
+    text = _markdown(eval_id, split, k, metrics, facts, versions, models, params, _seeds(run_config, cfg),
+                     figures, transfer_note, curve_note)
+    (out / "index.md").write_text(text, encoding="utf-8")
+    return ReportResult(out / "index.md", eval_id, figures)
+
+
+def _markdown(eval_id: str, split: str, k: int, metrics: pd.DataFrame, facts: pd.DataFrame,
+              versions: dict[str, int], models: dict[str, str], params: dict[str, Any], seeds: str,
+              figures: list[Path], transfer_note: str, curve_note: str) -> str:
+    fmt = lambda v: "-" if pd.isna(v) else str(v)  # noqa: E731
+    data_rows = "\n".join(
+        f"| {s} | {fmt(r['rows'])} | {fmt(r['positives'])} | {fmt(r['users'])} | {fmt(r['items'])} | "
+        f"{fmt(r['first'])} | {fmt(r['last'])} |" for s, r in facts.iterrows())
+    grid = metrics[metrics[C.SYSTEM].str.startswith("als[")]
+    grid_text = "\n".join(f"- {r[C.SYSTEM]}: valid NDCG@{int(r[C.K])} = {r[C.VALUE]:.4f}"
+                          for _, r in grid.sort_values(C.VALUE, ascending=False).iterrows()) or "- (ALS not run)"
+    bars = "\n\n".join(f"![{p.stem}]({p.name})" for p in figures if p.name.startswith("ndcg"))
+    model_lines = "\n".join(f"- {s}: model_version `{v}`" for s, v in models.items()) or "- none (baselines only)"
+    return f"""# Evaluation report
+
+eval_id `{eval_id}`, split **{split}**. Full ranking over all items of the target category
+(items the user interacted with before the {split} period excluded; ties broken by lower item
+index); a group is a (user, category, slice) with its held-out positives, slice `all` is the
+(user, category) with all of them. Intervals: 95% bootstrap (stratified by category, paired
+across systems). A difference is called a win only when the two intervals do not overlap.
+
+## Data
+
+Input table versions: {", ".join(f"{t} v{v}" for t, v in sorted(versions.items()))}
+
+| split | rows | positives | users | items | first | last |
+|---|---|---|---|---|---|---|
+{data_rows}
+
+Seeds: {seeds}
+
+Models:
+{model_lines}
+{f"- run `{params.get('run_id')}`, checkpoint `{params.get('checkpoint_path')}`, finished {params.get('finished_at')}" if params else ""}
+
+## Summary: NDCG@{k} per slice (all categories, micro mean over groups)
+
+{summary_table(metrics, C.NDCG, k, split)}
+
+## Summary: Recall@{k} per slice
+
+{summary_table(metrics, C.RECALL, k, split)}
+
+## Model vs best baseline (NDCG@{k})
+
+{verdicts(metrics, C.NDCG, k, split)}
+
+## Macro average over categories (NDCG@{k})
+
+{summary_table(metrics, C.NDCG, k, split, C.MACRO)}
+
+## Coverage and popularity bias (top-{k}, evaluated pairs)
+
+{coverage_table(metrics, k)}
+
+## Per-category NDCG@{k}
+
+{bars or "_no per-category rows_"}
+
+## Category transfer
+
+{transfer_note}
+
+## Training
+
+{curve_note}
+
+## ALS tuning (valid split)
+
+{grid_text}
+"""
