@@ -57,10 +57,13 @@ def planted_taste(n_users: int = 2000, n_categories: int = 4, items_per_category
     by_cat = {k: np.flatnonzero(item_category == k) for k in range(1, n_categories + 1)}
     by_cat_cluster = {(k, c): items[item_cluster[items] == c] for k, items in by_cat.items() for c in range(clusters)}
 
+    pools = {**{(k, c): p for (k, c), p in by_cat_cluster.items()}, **{(k, None): p for k, p in by_cat.items()}}
+    cumulative = {key: np.cumsum(popularity[p]) / popularity[p].sum() for key, p in pools.items()}
+
     def pick(k: int, c: int) -> int:
-        pool = by_cat_cluster[(k, c)] if rng.random() < affinity else by_cat[k]
-        w = popularity[pool] / popularity[pool].sum()
-        return int(rng.choice(pool, p=w))
+        key = (k, c) if rng.random() < affinity else (k, None)
+        pos = min(int(np.searchsorted(cumulative[key], rng.random())), len(pools[key]) - 1)
+        return int(pools[key][pos])
 
     rows: dict[str, list] = {k: [] for k in ("user_idx", "history", "item_idx", "category_idx", "label")}
     train_count = np.zeros(n_items + 1)
@@ -76,7 +79,8 @@ def planted_taste(n_users: int = 2000, n_categories: int = 4, items_per_category
             hist = _history(train[:t], history_length)
             k = int(item_category[item])
             train_count[item] += 1
-            cands = [(item, 1.0)] + [(int(rng.choice(by_cat[k])), 0.0) for _ in range(negatives)]
+            negs = by_cat[k][rng.integers(0, len(by_cat[k]), negatives)]
+            cands = [(item, 1.0)] + [(int(x), 0.0) for x in negs]
             for cand, label in cands:
                 rows["user_idx"].append(u)
                 rows["history"].append(hist)

@@ -58,7 +58,7 @@ def write_world(lake) -> None:
 @pytest.fixture
 def config_file(tmp_path, lakehouse_root):
     cfg = make_config(lakehouse_root, eval={
-        "baselines": ["popularity_global", "popularity_category"], "bootstrap_samples": 200,
+        "baselines": ["popularity_global", "popularity_category"], "bootstrap_samples": 200, "ks": [1, 10],
         "report_dir": str(tmp_path / "report")})
     path = tmp_path / "eval.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")), encoding="utf-8")

@@ -15,6 +15,8 @@ COMMANDS: dict[str, str] = {
     "synthetic": "jobs.synthetic",
     "demo": "jobs.demo",
     "features": "jobs.build_features",
+    "embeddings": "jobs.export_embeddings",
+    "candidates": "jobs.generate_candidates",
     "evaluate": "jobs.evaluate",
     "report": "jobs.report",
 }

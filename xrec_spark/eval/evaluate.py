@@ -178,7 +178,8 @@ def evaluate(lake: Lakehouse, cfg: JobConfig) -> EvalResult:
     systems = sorted(summary[C.SYSTEM].unique())
     eval_id = eval_id_for(cfg, systems, model_versions, inputs)
     rows = _metric_rows(summary, coverage, names).assign(**{METRICS_SPLIT: ev.split})
-    rows = pd.concat([rows, _grid_rows(als_grid, ev.tune_k)], ignore_index=True)
+    if als_grid:
+        rows = pd.concat([rows, _grid_rows(als_grid, ev.tune_k)], ignore_index=True)
     write_metrics(lake, rows, eval_id, ev.split, model_versions, inputs)
     outputs = lake.versions((METRICS,))
     record_job(lake, JOB, eval_id, inputs, outputs,

@@ -126,10 +126,11 @@ def coverage_and_popularity(rankings: DataFrame, pairs: DataFrame, catalogue: Da
     In: ``rankings`` (system, user_idx, category_idx, rank, item_idx); ``pairs`` the evaluated
     (user_idx, category_idx); ``catalogue`` silver.item_features (item_idx, category_idx,
     train_count). Only lists of evaluated pairs count, so systems are compared on the same users.
-    Out: system, category_idx (null = all categories), metric, k, value, groups (lists), where
-    metric is ``item_coverage`` (distinct recommended items / catalogue items) or
-    ``mean_log_popularity`` (mean log(1 + train_count) over recommendation slots); plus rows of
-    system ``catalogue`` with ``catalogue_mean_log_popularity`` (the unbiased reference).
+    Out: system, category_idx (null = all categories), metric, k, value, groups, where metric is
+    ``item_coverage`` (distinct recommended items / catalogue items) or ``mean_log_popularity``
+    (mean log(1 + train_count) over recommendation slots) and groups the number of lists; plus
+    rows of system ``catalogue`` with ``catalogue_mean_log_popularity`` (the unbiased reference;
+    groups = catalogue items). One aggregation per level, every k as conditional aggregates.
     """
     require_columns(rankings, RANKINGS_COLUMNS, "coverage_and_popularity rankings")
     require_columns(catalogue, (C.ITEM, C.CATEGORY, "train_count"), "coverage_and_popularity catalogue")
@@ -138,34 +139,28 @@ def coverage_and_popularity(rankings: DataFrame, pairs: DataFrame, catalogue: Da
     recs = (rankings.join(pairs.select(C.USER, C.CATEGORY).distinct(), [C.USER, C.CATEGORY], "left_semi")
             .join(items, C.ITEM, "left")
             .withColumn("_logpop", F.coalesce(F.col("_logpop"), F.lit(0.0))))
-    sizes_cat = items.groupBy(F.col("_item_category").alias(C.CATEGORY)).agg(
-        F.count("*").alias("_n_items"), F.avg("_logpop").alias("_cat_logpop"))
-    sizes_all = items.agg(F.count("*").alias("_n_items"), F.avg("_logpop").alias("_cat_logpop"))
+    null_category = F.lit(None).cast("int").alias(C.CATEGORY)
+    sizes = (items.groupBy(F.col("_item_category").alias(C.CATEGORY))
+             .agg(F.count("*").alias("_n_items"), F.avg("_logpop").alias("_ref"))
+             .unionByName(items.agg(F.count("*").alias("_n_items"), F.avg("_logpop").alias("_ref"))
+                          .select(null_category, "_n_items", "_ref")))
 
-    def summarize(frame: DataFrame, by: list[str], sizes: DataFrame, k: int) -> DataFrame:
-        agg = frame.groupBy(*by).agg(
-            F.countDistinct(C.ITEM).alias("_distinct"), F.avg("_logpop").alias("_pop"),
-            F.countDistinct(C.USER, C.CATEGORY).alias(C.GROUPS))
-        joined = agg.join(sizes, by[1:], "left") if len(by) > 1 else agg.crossJoin(sizes)
-        category = F.col(C.CATEGORY) if len(by) > 1 else F.lit(None).cast("int")
-        base = joined.select(C.SYSTEM, category.alias(C.CATEGORY), F.lit(int(k)).alias(C.K), C.GROUPS,
-                             (F.col("_distinct") / F.col("_n_items")).alias(C.COVERAGE), F.col("_pop"))
-        return (base.select(C.SYSTEM, C.CATEGORY, F.lit(C.COVERAGE).alias(C.METRIC), C.K,
-                            F.col(C.COVERAGE).alias(C.VALUE), C.GROUPS)
-                .unionByName(base.select(C.SYSTEM, C.CATEGORY, F.lit(C.POPULARITY_BIAS).alias(C.METRIC), C.K,
-                                         F.col("_pop").alias(C.VALUE), C.GROUPS)))
+    def per_k(k: int) -> list[Column]:
+        inside = F.col(C.RANK) <= F.lit(int(k))
+        return [F.countDistinct(F.when(inside, F.col(C.ITEM))).alias(f"_items_{k}"),
+                F.avg(F.when(inside, F.col("_logpop"))).alias(f"_pop_{k}")]
 
-    parts = []
-    for k in ks:
-        top = recs.where(F.col(C.RANK) <= int(k))
-        parts.append(summarize(top, [C.SYSTEM, C.CATEGORY], sizes_cat, k))
-        parts.append(summarize(top, [C.SYSTEM], sizes_all, k))
-    reference = (sizes_cat.select(F.col(C.CATEGORY), F.col("_cat_logpop"), F.col("_n_items"))
-                 .unionByName(sizes_all.select(F.lit(None).cast("int").alias(C.CATEGORY), "_cat_logpop", "_n_items")))
-    parts.append(reference.select(F.lit("catalogue").alias(C.SYSTEM), C.CATEGORY,
-                                  F.lit(C.CATALOGUE_POPULARITY).alias(C.METRIC), F.lit(None).cast("int").alias(C.K),
-                                  F.col("_cat_logpop").alias(C.VALUE), F.col("_n_items").cast("long").alias(C.GROUPS)))
-    out = parts[0]
-    for part in parts[1:]:
-        out = out.unionByName(part)
-    return out
+    aggs = [F.countDistinct(C.USER, C.CATEGORY).alias(C.GROUPS)] + [c for k in ks for c in per_k(k)]
+    levels = (recs.groupBy(C.SYSTEM, C.CATEGORY).agg(*aggs)
+              .unionByName(recs.groupBy(C.SYSTEM).agg(*aggs).withColumn(C.CATEGORY, null_category)))
+    joined = levels.join(sizes, levels[C.CATEGORY].eqNullSafe(sizes[C.CATEGORY])).drop(sizes[C.CATEGORY])
+    entries = [F.struct(F.lit(name).alias(C.METRIC), F.lit(int(k)).alias(C.K), value.cast("double").alias(C.VALUE))
+               for k in ks for name, value in ((C.COVERAGE, F.col(f"_items_{k}") / F.col("_n_items")),
+                                               (C.POPULARITY_BIAS, F.col(f"_pop_{k}")))]
+    systems = (joined.select(C.SYSTEM, C.CATEGORY, C.GROUPS, F.explode(F.array(*entries)).alias("_m"))
+               .select(C.SYSTEM, C.CATEGORY, F.col("_m")[C.METRIC].alias(C.METRIC), F.col("_m")[C.K].alias(C.K),
+                       F.col("_m")[C.VALUE].alias(C.VALUE), F.col(C.GROUPS).cast("long").alias(C.GROUPS)))
+    reference = sizes.select(F.lit("catalogue").alias(C.SYSTEM), C.CATEGORY,
+                             F.lit(C.CATALOGUE_POPULARITY).alias(C.METRIC), F.lit(None).cast("int").alias(C.K),
+                             F.col("_ref").alias(C.VALUE), F.col("_n_items").cast("long").alias(C.GROUPS))
+    return systems.unionByName(reference)

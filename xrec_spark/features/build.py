@@ -88,7 +88,7 @@ class FeaturesSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> "FeaturesSummary":

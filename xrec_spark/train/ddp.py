@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -84,6 +85,11 @@ def _setup_logging(rank: int) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+        # petastorm logs its schema inference at INFO and, through pyarrow's legacy dataset
+        # API, warns on every reader it opens (in its worker threads too).
+        logging.getLogger("petastorm").setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"xrec_spark\.train\.loader")
 
 
 def train(spec: TrainSpec) -> TrainResult:

@@ -152,7 +152,7 @@ class Trainer:
             log.warning("checkpoint was written by %s ranks, this run has %d: RNG streams restart",
                         state.get("world_size"), self.info.world_size)
         if self.info.is_zero:
-            log.info("resuming run %s at phase %d epoch %d step %d (global step %d)", self.spec.run_id,
+            log.info("resuming run %s from its checkpoint at phase %d epoch %d step %d (global step %d)", self.spec.run_id,
                      pos.phase, pos.epoch, pos.step, pos.global_step)
         return pos, prog, state
 
@@ -184,10 +184,11 @@ class Trainer:
         optimizer = torch.optim.Adam(groups)
         net: nn.Module = self.objective
         if self.info.distributed:
-            # Re-wrapped per phase: which parameters train changes between phases. Content
+            # Re-wrapped per phase: which parameters train changes between phases. Unused
+            # parameters are normal (a batch may lack a category, so its head is idle). Content
             # buffers are identical on every rank, so they are not re-broadcast each step.
             net = DistributedDataParallel(self.objective, device_ids=[self.device] if self.device.type == "cuda"
-                                          else None, find_unused_parameters=True, broadcast_buffers=False)
+                                          else None, find_unused_parameters=True, forward_sync_buffers=False)
         scheduler = None
         if state is None or state["position"]["phase"] != p:
             pos = Position(phase=p, global_step=pos.global_step)

@@ -1,0 +1,141 @@
+"""Quality benchmark: the whole chain on one data set, then NDCG@10 / Recall@10 of every system
+per slice, as the markdown table of BENCHMARKS.md's Quality section.
+
+    python bench/quality.py --config conf/local.yaml       # Ciao
+    python bench/quality.py --config conf/movielens.yaml   # MovieLens-1M
+
+Runs the job entry points in order, in one process (one SparkSession), on a lakehouse of its
+own (``--root``, default ``bench-lakehouse/<config name>``):
+
+    ingest -> features -> train (model) -> train (baselines: no sharing; shared without
+    transfer/history) -> embeddings -> evaluate (test split; ALS tuned on valid) -> report
+
+``--steps`` picks a subset (e.g. ``--steps ingest,features,evaluate --no-model`` gives the
+popularity and ALS rows only). Nothing is tuned on the test split: ALS picks its grid point
+on valid, training early-stops on valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+STEPS = ("ingest", "features", "train", "baselines", "export", "evaluate", "report")
+# Baselines trained by the training job, as config overrides of the main model's config.
+# "A single phase": one joint phase over every category, no transfer schedule.
+TRAINED_BASELINES: dict[str, list[str]] = {
+    "no_sharing": ["model.share_across_categories=false", "model.history_encoder=none"],
+    "shared_no_transfer": ["model.history_encoder=none"],
+}
+SINGLE_PHASE = "train.phases=[{name: pretrain, epochs: 3, lr: 0.002}]"
+
+
+def _job(module: str):
+    try:
+        return importlib.import_module(module).main
+    except ModuleNotFoundError as e:
+        raise SystemExit(f"bench/quality.py: {module} is not available ({e}); "
+                         "run the steps that exist with --steps") from e
+
+
+def _run(step: str, module: str, args: list[str]) -> float:
+    print(f"\n=== {step}: {module} {' '.join(args)}", flush=True)
+    start = time.perf_counter()
+    code = _job(module)(args)
+    if code != 0:
+        raise SystemExit(f"{step} failed with exit code {code}")
+    took = time.perf_counter() - start
+    print(f"=== {step} done in {took:.0f} s", flush=True)
+    return took
+
+
+def _latest_model_version(config: str, overrides: list[str]) -> str:
+    from xrec_spark.batch.lineage import model_run
+    from xrec_spark.config import load_config
+    from xrec_spark.session import get_spark
+    from xrec_spark.tables import Lakehouse
+
+    cfg = load_config(config, overrides)
+    return model_run(Lakehouse(get_spark(cfg), cfg.lakehouse.root)).model_version
+
+
+def quality_table(config: str, overrides: list[str]) -> str:
+    """Markdown: NDCG@10 and Recall@10 per system and slice of the latest evaluation."""
+    from pyspark.sql import functions as F
+
+    from xrec_spark.config import load_config
+    from xrec_spark.eval import columns as C
+    from xrec_spark.eval.report import latest_eval_id, summary_table
+    from xrec_spark.session import get_spark
+    from xrec_spark.tables import METRICS, Lakehouse
+
+    cfg = load_config(config, overrides)
+    lake = Lakehouse(get_spark(cfg), cfg.lakehouse.root)
+    eval_id = latest_eval_id(lake)
+    rows = lake.read(METRICS).where(F.col("eval_id") == eval_id).toPandas()
+    parts = [f"eval_id `{eval_id}`, split {cfg.eval.split}, value [95% CI] (groups)"]
+    for metric, label in ((C.NDCG, "NDCG@10"), (C.RECALL, "Recall@10")):
+        parts += ["", f"**{label}**", "", summary_table(rows, metric, 10, cfg.eval.split)]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--root", default=None, help="lakehouse root (default bench-lakehouse/<config stem>)")
+    parser.add_argument("--steps", default=",".join(STEPS), help=f"comma list of {', '.join(STEPS)}")
+    parser.add_argument("--no-model", action="store_true", help="evaluate baselines only (popularity, ALS)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = parser.parse_args(argv)
+    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        parser.error(f"unknown steps {unknown}; choose from {', '.join(STEPS)}")
+    root = args.root or f"bench-lakehouse/{Path(args.config).stem}"
+    base = [f"lakehouse.root={root}", f"eval.report_dir={root}/report", *args.overrides]
+    sets = [x for o in base for x in ("--set", o)]
+    common = ["--config", args.config, *sets]
+    timings: dict[str, float] = {}
+    versions: dict[str, str] = {}
+    if "ingest" in steps:
+        timings["ingest"] = _run("ingest", "jobs.ingest", common)
+    if "features" in steps:
+        timings["features"] = _run("features", "jobs.build_features", common)
+    if "baselines" in steps and not args.no_model:
+        for name, extra in TRAINED_BASELINES.items():
+            more = [x for o in [*extra, SINGLE_PHASE] for x in ("--set", o)]
+            timings[f"train {name}"] = _run(f"train {name}", "jobs.train", [*common, *more])
+            versions[name] = _latest_model_version(args.config, [*base, *extra, SINGLE_PHASE])
+    if "train" in steps and not args.no_model:
+        timings["train"] = _run("train", "jobs.train", common)
+        versions_model = _latest_model_version(args.config, base)
+        base.append(f"eval.model_version={versions_model}")
+        common += ["--set", f"eval.model_version={versions_model}"]
+    if "export" in steps and not args.no_model:
+        timings["export"] = _run("export", "jobs.export_embeddings", common)   # the latest run: the model
+    if "evaluate" in steps:
+        eval_sets = ["--set", "eval.include_model=" + ("false" if args.no_model else "true")]
+        if versions:
+            baselines = ["popularity_global", "popularity_category", "als", *versions]
+            eval_sets += ["--set", f"eval.baselines={json.dumps(baselines)}",
+                          "--set", f"eval.baseline_versions={json.dumps(versions)}"]
+            if not args.no_model and "train" not in steps:
+                raise SystemExit("--steps with baselines but without train: the latest run would be a baseline")
+        timings["evaluate"] = _run("evaluate", "jobs.evaluate", [*common, *eval_sets])
+    if "report" in steps:
+        timings["report"] = _run("report", "jobs.report", common)
+    print("\n## Quality (" + Path(args.config).name + ")\n")
+    print(quality_table(args.config, base))
+    print("\nstep timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
