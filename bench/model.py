@@ -48,20 +48,25 @@ class PlainTwoTower(nn.Module):
 
 
 def synthetic_content(n_items: int, n_categories: int, buckets: int, max_tokens: int,
-                      rng: np.random.Generator) -> ItemContent:
-    vocab = [f"word{j}" for j in range(5000)]
-    titles = [" ".join(rng.choice(vocab, int(rng.integers(4, 10)))) for _ in range(n_items)]
+                      rng: np.random.Generator) -> tuple[ItemContent, np.ndarray]:
+    """Hashed titles of 2-8 words (3-8 letters), categories, Zipf popularity (also returned)."""
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    vocab = np.array(["".join(rng.choice(letters, int(rng.integers(3, 9)))) for _ in range(5000)])
+    titles = [" ".join(vocab[rng.integers(0, len(vocab), int(rng.integers(2, 9)))]) for _ in range(n_items)]
     tokens = np.zeros((n_items + 1, max_tokens), dtype=np.int64)
     tokens[1:] = hash_text(titles, buckets, max_tokens)
     category = np.concatenate([[0], rng.integers(1, n_categories + 1, n_items)])
-    log_pop = np.concatenate([[0.0], np.log1p(rng.zipf(1.5, n_items).clip(max=10_000))]).astype(np.float32)
-    return ItemContent(torch.from_numpy(tokens), torch.from_numpy(category), torch.from_numpy(log_pop))
+    counts = np.concatenate([[0], rng.zipf(1.5, n_items).clip(max=10_000)]).astype(np.float64)
+    log_pop = np.log1p(counts).astype(np.float32)
+    return ItemContent(torch.from_numpy(tokens), torch.from_numpy(category), torch.from_numpy(log_pop)), counts
 
 
-def synthetic_batch(sizes: ModelSizes, content: ItemContent, batch: int, history: int,
+def synthetic_batch(sizes: ModelSizes, content: ItemContent, counts: np.ndarray, batch: int, history: int,
                     rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    items = torch.from_numpy(rng.integers(1, sizes.n_items + 1, batch))
-    hist = torch.from_numpy(rng.integers(1, sizes.n_items + 1, (batch, history)))
+    """Items drawn by popularity (like real interaction logs), histories of 1..history items."""
+    p = counts / counts.sum()
+    items = torch.from_numpy(rng.choice(len(p), batch, p=p))
+    hist = torch.from_numpy(rng.choice(len(p), (batch, history), p=p))
     lengths = torch.from_numpy(rng.integers(1, history + 1, batch))
     hist[torch.arange(history).unsqueeze(0) >= lengths.unsqueeze(1)] = 0
     return {"user_idx": torch.from_numpy(rng.integers(1, sizes.n_users + 1, batch)), "history": hist,
@@ -98,8 +103,8 @@ def main() -> int:
     cfg = build_config({}, args.set).model
     rng = np.random.default_rng(0)
     sizes = ModelSizes(args.users, args.items, args.categories)
-    content = synthetic_content(args.items, args.categories, cfg.hash_buckets, cfg.max_tokens, rng)
-    batches = [synthetic_batch(sizes, content, args.batch, args.history, rng)
+    content, counts = synthetic_content(args.items, args.categories, cfg.hash_buckets, cfg.max_tokens, rng)
+    batches = [synthetic_batch(sizes, content, counts, args.batch, args.history, rng)
                for _ in range(args.warmup + args.steps)]
 
     model = CrossCategoryModel(cfg, sizes, content).train()
@@ -132,10 +137,14 @@ def main() -> int:
         results[name] = args.batch / statistics.median(times)
 
     n_params = sum(p.numel() for p in model.parameters())
+    distinct = statistics.mean(torch.unique(torch.cat([b["item_idx"], b["history"].flatten()])).numel()
+                               for b in batches)
+    tokens = float((content.tokens > 0).sum(1)[1:].float().mean())
     print("machine:", platform.processor() or platform.machine(), f"{os.cpu_count()} cpus,",
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, load avg {os.getloadavg()[0]:.1f}")
     print("sizes:", json.dumps({"users": args.users, "items": args.items, "categories": args.categories,
-                                "history": args.history, "batch": args.batch, "steps": args.steps}))
+                                "history": args.history, "batch": args.batch, "steps": args.steps,
+                                "distinct_items_per_batch": round(distinct), "tokens_per_item": round(tokens, 1)}))
     print("model config:", json.dumps(cfg.model_dump(mode="json"), sort_keys=True))
     print(f"model parameters: {n_params:,}; baseline parameters: {sum(p.numel() for p in base.parameters()):,}")
     for name, rate in results.items():

@@ -5,7 +5,7 @@ per slice, as the markdown table of BENCHMARKS.md's Quality section.
     python bench/quality.py --config conf/movielens.yaml   # MovieLens-1M
 
 Runs the job entry points in order, in one process (one SparkSession), on a lakehouse of its
-own (``--root``, default ``bench-lakehouse/<config name>``):
+own (``--root``, default ``lakehouse/bench-<config name>``):
 
     ingest -> features -> train (model) -> train (baselines: no sharing; shared without
     transfer/history) -> embeddings -> evaluate (test split; ALS tuned on valid) -> report
@@ -89,7 +89,7 @@ def quality_table(config: str, overrides: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
-    parser.add_argument("--root", default=None, help="lakehouse root (default bench-lakehouse/<config stem>)")
+    parser.add_argument("--root", default=None, help="lakehouse root (default lakehouse/bench-<config stem>)")
     parser.add_argument("--steps", default=",".join(STEPS), help=f"comma list of {', '.join(STEPS)}")
     parser.add_argument("--no-model", action="store_true", help="evaluate baselines only (popularity, ALS)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         parser.error(f"unknown steps {unknown}; choose from {', '.join(STEPS)}")
-    root = args.root or f"bench-lakehouse/{Path(args.config).stem}"
+    root = args.root or f"lakehouse/bench-{Path(args.config).stem}"  # lakehouse/ is git-ignored
     base = [f"lakehouse.root={root}", f"eval.report_dir={root}/report", *args.overrides]
     sets = [x for o in base for x in ("--set", o)]
     common = ["--config", args.config, *sets]

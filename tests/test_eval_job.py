@@ -17,6 +17,7 @@ import yaml
 
 from conftest import make_config
 from xrec_spark.eval import columns as C
+from xrec_spark.eval.evaluate import eval_id_for, write_metrics
 from xrec_spark.tables import (
     CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, ITEM_EMBEDDINGS, ITEM_FEATURES, JOB_LOG, METRICS, RUNS,
     USER_EMBEDDINGS, USER_HISTORY,
@@ -108,12 +109,14 @@ def test_evaluate_and_report_end_to_end(lakehouse, config_file, tmp_path, capsys
     assert cov[C.VALUE].iloc[0] == pytest.approx(1.0)        # all five books items are in some list
     assert set(rows["input_versions"].iloc[0]) >= {INTERACTIONS.qualified, ITEM_FEATURES.qualified}
 
-    # Idempotent: the same inputs give the same eval_id, whose rows are replaced, not added.
+    # Idempotent: writing an eval_id again replaces its rows (what a re-run on the same inputs does).
+    eval_id = rows["eval_id"].iloc[0]
     before = len(rows)
-    assert evaluate_main(["--config", str(config_file)]) == 0
-    again = lakehouse.read(METRICS).toPandas()
-    assert len(again) == before and again["eval_id"].nunique() == 1
-    assert lakehouse.read(JOB_LOG).where("job = 'evaluate'").count() == 2
+    again = rows.drop(columns=["eval_id", "run_date", "model_version", "input_versions"])
+    write_metrics(lakehouse, again, eval_id, "test", {"model": "m1"}, {"silver.interactions": 1})
+    after = lakehouse.read(METRICS).toPandas()
+    assert len(after) == before and after["eval_id"].nunique() == 1
+    assert lakehouse.read(JOB_LOG).where("job = 'evaluate'").count() == 1
 
     assert report_main(["--config", str(config_file)]) == 0
     report = tmp_path / "report"
@@ -123,3 +126,19 @@ def test_evaluate_and_report_end_to_end(lakehouse, config_file, tmp_path, capsys
     assert "no metric-vs-epoch curve" in text                 # m1 has no training history
     for png in ("ndcg10_by_category_all.png", "category_transfer.png"):
         assert (report / png).stat().st_size > 5_000
+
+
+def test_eval_id_depends_on_inputs_systems_and_models(tmp_path):
+    cfg = make_config(tmp_path)
+    inputs = {"silver.interactions": 3, "gold.runs": 7}
+    base = eval_id_for(cfg, ["a", "b"], {"model": "m1"}, inputs)
+    assert base.startswith("test-")
+    assert eval_id_for(cfg, ["b", "a"], {"model": "m1"}, dict(inputs)) == base
+    assert eval_id_for(cfg, ["a", "b"], {"model": "m1"}, {**inputs, "gold.runs": 8}) == base  # unrelated run
+    assert eval_id_for(cfg, ["a", "b"], {"model": "m1"}, {**inputs, "silver.interactions": 4}) != base
+    assert eval_id_for(cfg, ["a"], {"model": "m1"}, inputs) != base
+    assert eval_id_for(cfg, ["a", "b"], {"model": "m2"}, inputs) != base
+    assert eval_id_for(cfg.with_overrides(["eval.seed=6"]), ["a", "b"], {"model": "m1"}, inputs) != base
+    assert eval_id_for(cfg.with_overrides(["eval.eval_id=mine-1"]), ["a"], {}, inputs) == "mine-1"
+    with pytest.raises(ValueError, match="may only hold"):
+        eval_id_for(cfg.with_overrides(["eval.eval_id=x' OR 1=1"]), ["a"], {}, inputs)

@@ -7,6 +7,8 @@ import json
 import math
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
@@ -30,12 +32,13 @@ def _events(lakehouse: Lakehouse) -> set[tuple]:
 def test_parquet_typed_columns(spark, tmp_path):
     ms = 1_577_880_000_000  # 2020-01-01 12:00:00 UTC in milliseconds
     day = 86_400_000
-    pd.DataFrame({
-        "uid": pd.array([1, 2, 3, None, 5, 6, 7, 8], dtype="Int64"),
+    pq.write_table(pa.table({
+        "uid": pa.array([1, 2, 3, None, 5, 6, 7, 8], pa.int64()),
         "iid": [" a ", "b", "c", "d", "e", "f", "g", "b"],
-        "ts_ms": [ms, ms + day, ms, ms, ms, ms, 4_102_444_800_000, ms + 2 * day],
-        "score": [1.0, 2.0, math.nan, 3.0, math.inf, 0.5, 5.0, 2.0],
-    }).to_parquet(tmp_path / "events.parquet")
+        "ts_ms": pa.array([ms, ms + day, ms, ms, ms, ms, 4_102_444_800_000, ms + 2 * day], pa.int64()),
+        # from_pandas=False keeps NaN a NaN (pandas would store it as null)
+        "score": pa.array([1.0, 2.0, math.nan, 3.0, math.inf, 0.5, 5.0, 2.0], pa.float64(), from_pandas=False),
+    }), tmp_path / "events.parquet")
     cfg = make_config(tmp_path / "lakehouse", ingest={"events": {
         "path": str(tmp_path / "events.parquet"), "ts_unit": "millis", "default_event_type": "click",
         "columns": {"user_id": "uid", "item_id": "iid", "event_ts": "ts_ms", "value": "score"}}})

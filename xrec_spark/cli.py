@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "features": "jobs.build_features",
     "embeddings": "jobs.export_embeddings",
     "candidates": "jobs.generate_candidates",
+    "nightly": "jobs.nightly",
     "evaluate": "jobs.evaluate",
     "report": "jobs.report",
 }

@@ -351,7 +351,8 @@ class BatchConfig(_Section):
     faiss_nlist: int = Field(256, ge=1)
     faiss_nprobe: int = Field(32, ge=1)
     export_batch_size: int = Field(4096, ge=1)
-    # Nightly: retrain when the latest model is this many days old (0 = every night) ...
+    # Nightly: retrain when the latest model is this many days older than the run date
+    # (1 = every night, 0 = never on schedule, only on drift) ...
     retrain_every_days: int = Field(7, ge=0)
     # ... or when the events added since its training are this share of the events it saw.
     drift_threshold: float = Field(0.2, gt=0)

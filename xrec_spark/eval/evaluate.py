@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
-from datetime import date
 from typing import Any
 
 import pandas as pd
@@ -108,18 +108,19 @@ def _metric_rows(summary: pd.DataFrame, coverage: pd.DataFrame, names: dict[int,
     return pd.concat([ranks, cov], ignore_index=True)
 
 
-def _nan_to_none(x: Any) -> Any:
-    return None if x is None or (isinstance(x, float) and x != x) else x
+def _opt_float(x: Any) -> float | None:
+    """None for missing values (None, NaN, pandas NA), else the float."""
+    return None if x is None or pd.isna(x) else float(x)
 
 
 def write_metrics(lake: Lakehouse, rows: pd.DataFrame, eval_id: str, split: str,
                   model_versions: dict[str, str], inputs: dict[str, int]) -> None:
     """Replace gold.metrics rows of ``eval_id`` with ``rows``."""
-    today = date.today()
+    today = utc_now().date()
     records = [(eval_id, today, model_versions.get(r[C.SYSTEM]), r[C.SYSTEM], r.get(METRICS_SPLIT, split),
                 str(r[C.CATEGORY_NAME]), r[C.SLICE], r[C.METRIC],
-                None if pd.isna(r[C.K]) else int(r[C.K]), _nan_to_none(float(r[C.VALUE])), int(r[C.GROUPS]),
-                _nan_to_none(float(r[C.CI_LOW])), _nan_to_none(float(r[C.CI_HIGH])), dict(inputs))
+                None if pd.isna(r[C.K]) else int(r[C.K]), _opt_float(r[C.VALUE]), int(r[C.GROUPS]),
+                _opt_float(r[C.CI_LOW]), _opt_float(r[C.CI_HIGH]), dict(inputs))
                for r in rows.to_dict("records")]
     df = lake.spark.createDataFrame(records, METRICS.schema)
     lake.overwrite(METRICS, df, replace_where=f"eval_id = {sql_string(eval_id, 'eval_id')}", job=JOB)
@@ -163,15 +164,20 @@ def evaluate(lake: Lakehouse, cfg: JobConfig) -> EvalResult:
         rankings = rankings.unionByName(part)
     rankings = rankings.persist(StorageLevel.MEMORY_AND_DISK)
     try:
+        tick = time.perf_counter()
         n_lists = rankings.count()
+        log.info("ranked %d rows for %d systems in %.1f s", n_lists, len(parts), time.perf_counter() - tick)
         for handle in handles:
             handle.release()
         per_group = group_metrics(ranked_lists(rankings), groups, ev.ks).toPandas()
         if per_group.empty:
             raise ValueError(f"silver.interactions has no {ev.split} positives: nothing to evaluate "
                              "(check features.split fractions/dates)")
+        log.info("per-group metrics: %d rows in %.1f s", len(per_group), time.perf_counter() - tick)
         summary = summarize(per_group, ev.bootstrap_samples, ev.seed)
+        log.info("bootstrap (%d samples) done at %.1f s", ev.bootstrap_samples, time.perf_counter() - tick)
         coverage = coverage_and_popularity(rankings, pairs, features, ev.ks).toPandas()
+        log.info("coverage done at %.1f s", time.perf_counter() - tick)
     finally:
         rankings.unpersist()
         groups.unpersist()

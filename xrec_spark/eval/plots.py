@@ -21,7 +21,7 @@ def category_bars(frame: pd.DataFrame, systems: Sequence[str], path: Path, title
     """
     categories = (frame.groupby("category")["groups"].max().sort_values(ascending=True).index.tolist())
     height = max(3.0, 0.32 * len(categories) * max(1, len(systems)) / 2 + 1.5)
-    fig, ax = plt.subplots(figsize=(9, height))
+    fig, ax = plt.subplots(figsize=(10, height))
     bar = 0.8 / max(1, len(systems))
     y = np.arange(len(categories))
     for i, system in enumerate(systems):
@@ -36,7 +36,7 @@ def category_bars(frame: pd.DataFrame, systems: Sequence[str], path: Path, title
     ax.set_yticks(y, [f"{c} (n={int(groups[c])})" for c in categories], fontsize=7)
     ax.set_xlabel("value (95% bootstrap interval)")
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -61,14 +61,16 @@ def transfer_heatmap(transfer: pd.DataFrame, names: dict[int, str], path: Path, 
         values[i, i] = np.nan
     finite = values[np.isfinite(values)]
     bound = float(np.nanmax(np.abs(finite))) if finite.size else 1.0
-    fig, ax = plt.subplots(figsize=(1.2 + 0.32 * len(keep), 1.0 + 0.3 * len(keep)))
+    side = max(5.0, 1.5 + 0.3 * len(keep))
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
     image = ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound)
     labels = [str(names.get(int(c), c))[:18] for c in keep]
     ax.set_xticks(range(len(keep)), labels, rotation=90, fontsize=6)
     ax.set_yticks(range(len(keep)), labels, fontsize=6)
     ax.set_xlabel("destination category")
     ax.set_ylabel("source category")
-    ax.set_title("Category transfer: log2 lift of P(dst | src) (diagonal blank)", fontsize=9)
+    ax.set_title("Category transfer: log2 lift of P(dst | src)\n(red: users of src over-engage in dst; diagonal blank)",
+                 fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.7, label="log2 lift")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -29,6 +29,8 @@ from xrec_spark.tables import RUNS as RUNS_TABLE
 log = logging.getLogger(__name__)
 
 SLICE_ORDER = (C.WARM, C.CROSS_CATEGORY, C.COLD_USER, C.COLD_ITEM, C.ALL)
+# Below this many groups a bootstrap interval says little: no verdict is given.
+MIN_GROUPS_FOR_VERDICT = 20
 MODEL_SYSTEMS = ("model",)
 
 
@@ -89,7 +91,9 @@ def verdicts(metrics: pd.DataFrame, metric: str, k: int, split: str, model: str 
             continue
         best = others.sort_values(C.VALUE, ascending=False).iloc[0]
         rel = (mine[C.VALUE] / best[C.VALUE] - 1) * 100 if best[C.VALUE] > 0 else float("nan")
-        if is_win(mine[C.CI_LOW], best[C.CI_HIGH]):
+        if int(mine[C.GROUPS]) < MIN_GROUPS_FOR_VERDICT:
+            verdict = f"too few groups (< {MIN_GROUPS_FOR_VERDICT}) for a verdict"
+        elif is_win(mine[C.CI_LOW], best[C.CI_HIGH]):
             verdict = "**win** (intervals apart)"
         elif is_win(best[C.CI_LOW], mine[C.CI_HIGH]):
             verdict = "**loss** (intervals apart)"

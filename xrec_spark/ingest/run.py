@@ -87,17 +87,21 @@ def _required(columns: object) -> list[str]:
     return sorted({v for v in vars(columns).values() if isinstance(v, str)})
 
 
-def _reason_counts(classified: DataFrame, what: str) -> tuple[int, dict[str, int]]:
-    """(rows, {reason: rows}) with reason None for accepted rows; reads all the data."""
+def _reason_counts(classified: DataFrame, what: str) -> tuple[int, dict[str | None, int], int]:
+    """(rows, {reason: rows}, distinct accepted item ids); reason None = accepted.
+
+    The one pass over all the data before anything is written: read errors surface here.
+    """
     try:
-        rows = classified.groupBy("reason").count().collect()
+        rows = (classified.groupBy("reason")
+                .agg(F.count(F.lit(1)).alias("n"), F.countDistinct("item_id").alias("items")).collect())
     except (PySparkException, Py4JJavaError) as e:
         raise SourceReadError(f"{what}: reading failed: {str(e).strip().splitlines()[0][:500]}") from e
-    counts = {r["reason"]: int(r["count"]) for r in rows}
+    counts = {r["reason"]: int(r["n"]) for r in rows}
     total = sum(counts.values())
     if total == 0:
         raise SourceReadError(f"{what}: the input has no rows (header only, or empty files)")
-    return total, counts
+    return total, counts, next((int(r["items"]) for r in rows if r["reason"] is None), 0)
 
 
 def _run_key(ingest: IngestConfig, files: list[SourceFile]) -> str:
@@ -134,12 +138,12 @@ def run_ingest(spark: SparkSession, lakehouse: Lakehouse, cfg: JobConfig,
         items = classify_items(raw_items, ingest.items)
     persisted = [df.persist() for df in (events, items) if df is not None]
     try:
-        n_events, event_counts = _reason_counts(events, f"ingest.events.path {source.path!r}")
+        n_events, event_counts, accepted_items = _reason_counts(events, f"ingest.events.path {source.path!r}")
         n_items, item_counts = 0, {}
         if items is not None and ingest.items is not None:
-            n_items, item_counts = _reason_counts(items, f"ingest.items.path {ingest.items.path!r}")
+            n_items, item_counts, accepted_items = _reason_counts(items, f"ingest.items.path {ingest.items.path!r}")
         # Everything is validated; from here on we write.
-        before = lakehouse.versions([*BRONZE, JOB_LOG])
+        before = lakehouse.versions(BRONZE)
         rejected = quarantine_rows(events, run_id, started)
         if items is not None:
             rejected = rejected.unionByName(quarantine_rows(items, run_id, started))
@@ -151,7 +155,7 @@ def run_ingest(spark: SparkSession, lakehouse: Lakehouse, cfg: JobConfig,
         if event_counts.get(None):
             metrics = lakehouse.merge(BRONZE_EVENTS, accepted_events(events, run_id, started), update=False, job=JOB)
             inserted = metrics.get("numTargetRowsInserted", 0)
-        accepted_items, upserted = _write_items(lakehouse, events, items, started)
+        upserted = _write_items(lakehouse, events, items, started)
         summary = IngestSummary(
             rows_read=n_events + n_items, accepted_events=event_counts.get(None, 0),
             accepted_items=accepted_items, inserted_events=inserted,
@@ -167,9 +171,8 @@ def run_ingest(spark: SparkSession, lakehouse: Lakehouse, cfg: JobConfig,
     return summary
 
 
-def _write_items(lakehouse: Lakehouse, events: DataFrame, items: DataFrame | None,
-                 at: datetime) -> tuple[int, int]:
-    """Merge new or changed items; returns (accepted items, rows merged)."""
+def _write_items(lakehouse: Lakehouse, events: DataFrame, items: DataFrame | None, at: datetime) -> int:
+    """MERGE new or changed items into bronze.items; returns how many rows it inserted or updated."""
     if items is not None:
         candidates = items.where(F.col("reason").isNull())
     elif lakehouse.exists(BRONZE_EVENTS):
@@ -178,21 +181,11 @@ def _write_items(lakehouse: Lakehouse, events: DataFrame, items: DataFrame | Non
         touched = events.where(F.col("reason").isNull()).select("item_id").distinct()
         candidates = derive_items(lakehouse.read(BRONZE_EVENTS).join(touched, "item_id", "left_semi"))
     else:
-        return 0, 0
-    candidates = candidates.persist()
-    try:
-        accepted = candidates.count()
-        existing = lakehouse.read(BRONZE_ITEMS) if lakehouse.exists(BRONZE_ITEMS) else None
-        changed = changed_items(candidates, existing, at).persist()
-        try:
-            n_changed = changed.count()
-            if n_changed:
-                lakehouse.merge(BRONZE_ITEMS, changed, update=True, job=JOB)
-        finally:
-            changed.unpersist()
-    finally:
-        candidates.unpersist()
-    return accepted, n_changed
+        return 0
+    existing = lakehouse.read(BRONZE_ITEMS) if lakehouse.exists(BRONZE_ITEMS) else None
+    # Unchanged items are left out, so re-ingesting the same items commits nothing.
+    metrics = lakehouse.merge(BRONZE_ITEMS, changed_items(candidates, existing, at), update=True, job=JOB)
+    return metrics.get("numTargetRowsInserted", 0) + metrics.get("numTargetRowsUpdated", 0)
 
 
 def _log_run(spark: SparkSession, lakehouse: Lakehouse, summary: IngestSummary, run_key: str,

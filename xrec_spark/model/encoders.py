@@ -59,7 +59,11 @@ class ContentEncoder(nn.Module):
     def forward(self, tokens: Tensor, text_vector: Tensor | None, image: Tensor | None) -> Tensor:
         parts: list[Tensor] = []
         if self.bag is not None:
-            parts.append(self.bag(tokens))
+            # Flat ids + offsets of the non-padding tokens: several times faster on CPU than a
+            # 2-d input with padding_idx. An item without tokens is an empty bag (zeros).
+            present = tokens > 0
+            offsets = torch.cumsum(present.sum(1), 0) - present.sum(1)
+            parts.append(self.bag(tokens[present], offsets))
         if self.text_proj is not None:
             if text_vector is None:
                 raise ValueError("content encoder was built with text vectors, the item content has none")

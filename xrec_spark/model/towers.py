@@ -57,6 +57,20 @@ class IdDropout(nn.Module):
         return keep.to(device=device, dtype=torch.float32)
 
 
+def unique_items(idx: Tensor, n_rows: int) -> tuple[Tensor, Tensor]:
+    """(sorted distinct ids, inverse) of ``idx`` ``[N]`` with ids in ``0..n_rows-1``.
+
+    Like ``torch.unique(return_inverse=True)``; when the id range is small next to N it marks
+    ids in a boolean table instead of sorting (a sort of N ids costs more on CPU).
+    """
+    if n_rows > 8 * idx.numel():
+        return torch.unique(idx, return_inverse=True)
+    seen = torch.zeros(n_rows, dtype=torch.bool, device=idx.device)
+    seen[idx] = True
+    position = torch.cumsum(seen, 0) - 1
+    return torch.nonzero(seen).squeeze(1), position[idx]
+
+
 def lookup(table: nn.Embedding, idx: Tensor) -> Tensor:
     """Rows of ``table`` for ``idx`` ``[N]``; ids outside ``1..rows-1`` give zero vectors."""
     valid = (idx >= 1) & (idx < table.num_embeddings)
@@ -240,7 +254,7 @@ class CrossCategoryModel(nn.Module):
             hist = v.new_zeros(n, history.shape[1], v.shape[1])
         else:
             # One item-tower pass over the distinct candidate and history items of the batch.
-            uniq, inverse = torch.unique(torch.cat([item_idx, history.reshape(-1)]), return_inverse=True)
+            uniq, inverse = unique_items(torch.cat([item_idx, history.reshape(-1)]), self.item_tower.content_rows)
             vectors = self.item_tower(uniq)
             v = vectors[inverse[:n]]
             hist = vectors[inverse[n:]].view(n, history.shape[1], -1)
@@ -267,7 +281,7 @@ class CrossCategoryModel(nn.Module):
         b, length = history.shape
         if self.cfg.history_encoder is HistoryEncoderKind.NONE:
             return torch.zeros(b, length, self.cfg.embedding_dim, device=history.device)
-        uniq, inverse = torch.unique(history.reshape(-1), return_inverse=True)
+        uniq, inverse = unique_items(history.reshape(-1), self.item_tower.content_rows)
         return self.item_tower(uniq)[inverse].view(b, length, -1)
 
     def _user_side(self, user_idx: Tensor, history: Tensor, hist: Tensor, category_idx: Tensor) -> Tensor:

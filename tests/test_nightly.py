@@ -1,0 +1,159 @@
+"""The nightly chain: retrain decision, day paths, and a killed run that finishes like an unbroken one."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import functions as F
+
+from batch_fixtures import assert_same_rows, write_run
+from conftest import make_config
+from xrec_spark.batch.drift import new_events_since, retrain_reason
+from xrec_spark.batch.lineage import utc_now
+from xrec_spark.batch.nightly import NightlyInterrupted, day_config, run_nightly
+from xrec_spark.config import BatchConfig, ModelConfig
+from xrec_spark.features.build import build_features
+from xrec_spark.ingest.run import run_ingest
+from xrec_spark.model import CrossCategoryModel, ItemContent, ModelSizes, save_model
+from xrec_spark.tables import (
+    BRONZE_EVENTS, CANDIDATES, CATEGORY_INDEX, ITEM_EMBEDDINGS, ITEM_FEATURES, JOB_LOG, USER_INDEX, Lakehouse,
+)
+
+DAY1, DAY2 = date(2024, 3, 1), date(2024, 3, 2)
+
+
+@pytest.mark.parametrize("finished, run_date, drift, every, threshold, reason", [
+    (datetime(2024, 3, 1, 23), date(2024, 3, 2), 0.0, 1, 0.2, "schedule: model is 1 days old"),
+    (datetime(2024, 3, 2, 1), date(2024, 3, 2), 0.0, 1, 0.2, None),     # trained today already
+    (datetime(2024, 3, 1), date(2024, 3, 5), 0.0, 7, 0.2, None),
+    (datetime(2024, 3, 1), date(2024, 3, 8), 0.0, 7, 0.2, "schedule: model is 7 days old"),
+    (datetime(2024, 3, 1), date(2024, 9, 1), 0.0, 0, 0.2, None),        # schedule off
+    (datetime(2024, 3, 1), date(2024, 3, 2), 0.25, 7, 0.2, "drift: 0.250"),
+    (datetime(2024, 3, 1), date(2024, 3, 2), 0.19, 7, 0.2, None),
+])
+def test_retrain_reason(finished, run_date, drift, every, threshold, reason):
+    got = retrain_reason(finished, run_date, drift, BatchConfig(retrain_every_days=every, drift_threshold=threshold))
+    assert (got is None) == (reason is None)
+    if reason:
+        assert got.startswith(reason)
+
+
+def test_day_config_fills_the_date_into_source_paths(tmp_path):
+    cfg = make_config(tmp_path, ingest={"events": {"path": "landing/{date}/events"}})
+    assert day_config(cfg, DAY2).ingest.events.path == "landing/2024-03-02/events"
+    plain = make_config(tmp_path, ingest={"events": {"path": "landing/all"}})
+    assert day_config(plain, DAY2) is plain
+
+
+# ------------------------------------------------------------------------------ the chain
+
+USERS, CATEGORIES, ITEMS_PER_CATEGORY = 12, 3, 6
+
+
+def _events(rng: np.random.Generator, n: int, start: str, users: int, items_per_category: int) -> pd.DataFrame:
+    """n ratings: user u mostly rates items of "their" taste in every category (u % 2 picks the half)."""
+    user = rng.integers(1, users + 1, n)
+    cat = rng.integers(1, CATEGORIES + 1, n)
+    half = items_per_category // 2
+    item = (cat - 1) * items_per_category + (user % 2) * half + rng.integers(1, half + 1, n)
+    ts = pd.Timestamp(start) + pd.to_timedelta(rng.integers(0, 20 * 24 * 3600, n), unit="s")
+    return pd.DataFrame({"user_id": [f"u{u}" for u in user], "item_id": [f"i{i}" for i in item],
+                         "event_ts": ts.strftime("%Y-%m-%d %H:%M:%S"), "rating": rng.integers(3, 6, n),
+                         "category": [f"c{c}" for c in cat]})
+
+
+def _landing(root) -> str:
+    rng = np.random.default_rng(11)
+    for day, frame in ((DAY1, _events(rng, 160, "2024-02-01", USERS, ITEMS_PER_CATEGORY)),
+                       # day 2: a new user (u13) and new items (i19, i20) among ordinary events
+                       (DAY2, pd.concat([_events(rng, 14, "2024-02-21", USERS, ITEMS_PER_CATEGORY),
+                                         pd.DataFrame({"user_id": ["u13", "u13", "u3", "u4"],
+                                                       "item_id": ["i1", "i19", "i20", "i19"],
+                                                       "event_ts": ["2024-02-29 10:00:00"] * 4,
+                                                       "rating": [5, 4, 5, 4],
+                                                       "category": ["c1", "c1", "c2", "c1"]})]))):
+        folder = root / "landing" / day.isoformat()
+        folder.mkdir(parents=True)
+        frame.to_csv(folder / "events.csv", index=False)
+    return str(root / "landing" / "{date}")
+
+
+def _config(root, landing: str):
+    columns = {"user_id": "user_id", "item_id": "item_id", "event_ts": "event_ts", "value": "rating",
+               "category": "category"}
+    return make_config(
+        root,
+        ingest={"events": {"path": landing, "format": "csv", "columns": columns}},
+        features={"history_length": 5, "negatives": {"per_positive": 1}, "training_files": 2},
+        batch={"top_k": 3, "user_top_categories": 1, "target_categories": ["c3"], "retrain_every_days": 7,
+               "drift_threshold": 0.5},
+        eval={"baselines": [], "bootstrap_samples": 10, "ks": [3]},
+    )
+
+
+def _trained_model(lake: Lakehouse, tmp_path) -> None:
+    """Stand-in for yesterday's training: a model sized to the indexes, in gold.runs."""
+    n = {spec.qualified: lake.read(spec).agg(F.max(col)).first()[0]
+         for spec, col in ((USER_INDEX, "user_idx"), (CATEGORY_INDEX, "category_idx"))}
+    frame = lake.read(ITEM_FEATURES).toPandas()
+    cfg = ModelConfig(embedding_dim=8, hidden_dim=8, hash_buckets=64, max_tokens=4, seed=1)
+    n_items = int(frame["item_idx"].max())
+    content = ItemContent.from_frame(frame, cfg, n_items)
+    sizes = ModelSizes(n_users=int(n[USER_INDEX.qualified]), n_items=n_items,
+                       n_categories=int(n[CATEGORY_INDEX.qualified]))
+    path = tmp_path / "models" / "m-day1.pt"
+    save_model(path, CrossCategoryModel(cfg, sizes, content), {"model_version": "m-day1"})
+    write_run(lake, "m-day1", path, finished=utc_now())
+
+
+@pytest.mark.slow
+def test_interrupted_nightly_finishes_like_an_uninterrupted_one(spark, tmp_path):
+    landing = _landing(tmp_path)
+    root_a, root_b = tmp_path / "lake_a", tmp_path / "lake_b"
+    cfg_a, cfg_b = _config(root_a, landing), _config(root_b, landing)
+    lake_a = Lakehouse(spark, str(root_a))
+    # Day 1 was ingested and featurised, and a model trained, before tonight.
+    run_ingest(spark, lake_a, day_config(cfg_a, DAY1))
+    build_features(spark, lake_a, cfg_a)
+    _trained_model(lake_a, tmp_path)
+    shutil.copytree(root_a, root_b)
+    lake_b = Lakehouse(spark, str(root_b))
+
+    whole = run_nightly(lake_a, cfg_a, DAY2)
+    assert [s.ran for s in whole.steps] == [True] * 6
+    assert whole.model_version == "m-day1"  # 18 new events on 160: no drift, 1 day old: reused
+    assert whole.steps[2].summary["retrained"] is False
+
+    with pytest.raises(NightlyInterrupted, match="after step 'features'"):
+        run_nightly(lake_b, cfg_b, DAY2, fail_after="features")
+    assert not lake_b.exists(CANDIDATES)
+    resumed = run_nightly(lake_b, cfg_b, DAY2)
+    assert [(s.step, s.ran) for s in resumed.steps] == [
+        ("ingest", False), ("features", False), ("train", True), ("embeddings", True), ("candidates", True),
+        ("evaluate", True)]
+
+    # Same candidates, same bronze (no event ingested twice), one marker per step and date.
+    assert_same_rows(lake_b.read(CANDIDATES), lake_a.read(CANDIDATES))
+    assert lake_b.read(BRONZE_EVENTS).count() == lake_a.read(BRONZE_EVENTS).count() == 178
+    markers = lake_b.read(JOB_LOG).where(F.col("job") == "nightly").groupBy("run_key").count()
+    assert {r.run_key: r["count"] for r in markers.collect()} == {f"2024-03-02:{s}": 1 for s in
+                                                                    ("ingest", "features", "train", "embeddings",
+                                                                     "candidates", "evaluate")}
+    # The new user (unknown to the old model) still gets candidates; every item, new ones too, a vector.
+    new_user = lake_b.read(CANDIDATES).join(lake_b.read(USER_INDEX).where("user_id = 'u13'"), "user_idx")
+    assert new_user.count() > 0
+    new_items = lake_b.read(ITEM_EMBEDDINGS).join(
+        lake_b.read(ITEM_FEATURES).select("item_idx", "train_count"), "item_idx")
+    assert new_items.count() == lake_b.read(ITEM_FEATURES).count()
+
+    # A third run of the same date does nothing and changes nothing.
+    n = lake_a.read(CANDIDATES).count()
+    again = run_nightly(lake_a, cfg_a, DAY2)
+    assert [s.ran for s in again.steps] == [False] * 6
+    assert lake_a.read(CANDIDATES).count() == n
+    new, before = new_events_since(lake_a, datetime(2000, 1, 1))
+    assert (new, before) == (178, 0)

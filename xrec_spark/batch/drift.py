@@ -1,0 +1,54 @@
+"""When the nightly retrains: the model's age and the share of events it has not seen.
+
+New events are read from bronze.events' Change Data Feed, starting at the first commit after
+the model finished training: the nightly reads only the rows added since (the inserts of those
+commits), not the table. The events the model saw are counted at the version before that
+commit (a count Delta answers from the log's file statistics).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from delta.tables import DeltaTable
+from pyspark.sql import functions as F
+
+from xrec_spark.config import BatchConfig
+from xrec_spark.tables import BRONZE_EVENTS, Lakehouse, TableSpec
+
+
+def first_version_after(lake: Lakehouse, spec: TableSpec, moment: datetime) -> int | None:
+    """The first version of ``spec`` committed after ``moment`` (UTC), or None."""
+    # tables.py has no history reader; this reads only the Delta log of one table.
+    history = DeltaTable.forPath(lake.spark, lake.path(spec)).history().select("version", "timestamp")
+    row = history.where(F.col("timestamp") > F.lit(moment)).agg(F.min("version").alias("v")).first()
+    return None if row is None or row["v"] is None else int(row["v"])
+
+
+def new_events_since(lake: Lakehouse, moment: datetime) -> tuple[int, int]:
+    """(events inserted into bronze.events after ``moment``, events in it at ``moment``)."""
+    if not lake.exists(BRONZE_EVENTS):
+        return 0, 0
+    start = first_version_after(lake, BRONZE_EVENTS, moment)
+    if start is None:
+        return 0, lake.read(BRONZE_EVENTS).count()
+    changes = (lake.spark.read.format("delta").option("readChangeFeed", "true")
+               .option("startingVersion", start).load(lake.path(BRONZE_EVENTS)))
+    new = changes.where(F.col("_change_type") == "insert").count()
+    before = lake.read(BRONZE_EVENTS, version=start - 1).count() if start > 0 else 0
+    return int(new), int(before)
+
+
+def retrain_reason(model_finished: datetime, run_date: date, drift: float, batch: BatchConfig) -> str | None:
+    """Why to retrain for ``run_date`` ("schedule" / "drift"), or None to reuse the model.
+
+    Schedule: the run date is ``batch.retrain_every_days`` or more days after the day the model
+    finished (0 turns the schedule off). Drift: new events / events the model saw
+    >= ``batch.drift_threshold``.
+    """
+    age_days = (run_date - model_finished.date()).days
+    if batch.retrain_every_days and age_days >= batch.retrain_every_days:
+        return f"schedule: model is {age_days} days old (batch.retrain_every_days={batch.retrain_every_days})"
+    if drift >= batch.drift_threshold:
+        return f"drift: {drift:.3f} new events per event seen (batch.drift_threshold={batch.drift_threshold})"
+    return None

@@ -1,0 +1,231 @@
+"""The nightly chain for one date, restartable step by step.
+
+    ingest the day's files -> features -> retrain or reuse the model -> embeddings -> candidates
+    -> evaluation
+
+Every step leaves a marker in meta.job_log (job ``nightly``, run_key ``<date>:<step>``) with
+the input versions it saw. A step whose last marker for the date has the same input versions as
+now is skipped, so a run killed midway and started again redoes only the steps after the last
+marker, and the steps it redoes are idempotent themselves (MERGE on event ids, replaceWhere on
+model_version / run_date, training resumes from its own checkpoints).
+
+The day's files: a ``{date}`` in ``ingest.events.path`` / ``ingest.items.path`` is replaced by
+the run date (``landing/{date}/`` -> ``landing/2024-05-01/``); without it the configured path
+is read again and the MERGE on event ids keeps only what is new.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Callable
+
+from xrec_spark.batch import export as export_mod
+from xrec_spark.batch import generate as generate_mod
+from xrec_spark.batch.drift import new_events_since, retrain_reason
+from xrec_spark.batch.lineage import ModelRun, NoModelError, last_marker, model_run, record_job, utc_now
+from xrec_spark.config import JobConfig
+from xrec_spark.tables import (
+    BRONZE_EVENTS, BRONZE_ITEMS, BRONZE_QUARANTINE, CANDIDATES, INTERACTIONS, ITEM_EMBEDDINGS, ITEM_FEATURES,
+    METRICS, RUNS, TRAINING_EXAMPLES, USER_EMBEDDINGS, USER_HISTORY, Lakehouse, TableSpec,
+)
+
+log = logging.getLogger(__name__)
+
+JOB = "nightly"
+STEPS = ("ingest", "features", "train", "embeddings", "candidates", "evaluate")
+
+
+class NightlyInterrupted(RuntimeError):
+    """Raised by the ``fail_after`` test hook right after a step's marker is written."""
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    step: str
+    ran: bool                      # False: skipped, its marker for the date had the same inputs
+    summary: dict[str, Any]
+
+
+@dataclass
+class NightlyResult:
+    run_date: date
+    model_version: str | None = None
+    steps: list[StepOutcome] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"nightly {self.run_date}: model {self.model_version or '-'}"]
+        for s in self.steps:
+            detail = ", ".join(f"{k}={v}" for k, v in s.summary.items() if k != "reason" or v)
+            out.append(f"  {s.step:<10} {'ran' if s.ran else 'skipped (done for these inputs)'}"
+                       + (f": {detail}" if detail else ""))
+        return out
+
+
+def day_config(cfg: JobConfig, run_date: date) -> JobConfig:
+    """``cfg`` with ``{date}`` in the ingest source paths replaced by ``run_date`` (ISO)."""
+    ingest = cfg.ingest
+    day = run_date.isoformat()
+    updates: dict[str, Any] = {}
+    for name in ("events", "items"):
+        source = getattr(ingest, name)
+        if source is not None and "{date}" in source.path:
+            updates[name] = source.model_copy(update={"path": source.path.replace("{date}", day)})
+    if not updates:
+        return cfg
+    return cfg.model_copy(update={"ingest": ingest.model_copy(update=updates)})
+
+
+def _model_key(version: str | None) -> dict[str, int]:
+    # Marker inputs are {name: long}; the model version rides in the key.
+    return {f"model:{version}": 1} if version else {}
+
+
+class _Night:
+    """State shared by the steps of one run (the config for the day, the model in use)."""
+
+    def __init__(self, lake: Lakehouse, cfg: JobConfig, run_date: date) -> None:
+        self.lake, self.cfg, self.run_date = lake, day_config(cfg, run_date), run_date
+        self.model_version: str | None = None
+
+    # ----------------------------------------------------------------- inputs of each step
+
+    def inputs(self, step: str) -> dict[str, int]:
+        lake = self.lake
+        if step == "ingest":
+            return self._source_files()
+        if step == "features":
+            return lake.versions((BRONZE_EVENTS, BRONZE_ITEMS))
+        if step == "train":
+            latest = self._latest()
+            return {**lake.versions((BRONZE_EVENTS, TRAINING_EXAMPLES)),
+                    **_model_key(latest.model_version if latest else None)}
+        if step == "embeddings":
+            return {**lake.versions(export_mod.INPUTS), **_model_key(self.model_version)}
+        if step == "candidates":
+            return {**lake.versions(generate_mod.INPUTS), **_model_key(self.model_version)}
+        if step == "evaluate":
+            from xrec_spark.eval.evaluate import DATA_INPUTS, MODEL_INPUTS
+
+            return {**lake.versions(DATA_INPUTS + MODEL_INPUTS), **_model_key(self.model_version)}
+        raise ValueError(f"unknown nightly step {step!r}; steps: {STEPS}")
+
+    def _source_files(self) -> dict[str, int]:
+        from xrec_spark.ingest.readers import list_source_files
+
+        out: dict[str, int] = {}
+        for name in ("events", "items"):
+            source = getattr(self.cfg.ingest, name)
+            if source is None:
+                continue
+            files = list_source_files(self.lake.spark, source.path, f"ingest.{name}.path")
+            out.update({f"{name}.files": len(files), f"{name}.bytes": sum(f.size for f in files),
+                        f"{name}.modified_ms": max(f.modified_ms for f in files)})
+        return out
+
+    def _latest(self) -> ModelRun | None:
+        try:
+            return model_run(self.lake)
+        except NoModelError:
+            return None
+
+    # ----------------------------------------------------------------- the steps
+
+    def ingest(self) -> dict[str, Any]:
+        from xrec_spark.ingest.run import run_ingest
+
+        if self.cfg.ingest.events is None:
+            return {"reason": "no ingest.events configured"}
+        s = run_ingest(self.lake.spark, self.lake, self.cfg)
+        return {"inserted_events": s.inserted_events, "quarantined": sum(s.quarantined.values()),
+                "files": len(s.files)}
+
+    def features(self) -> dict[str, Any]:
+        from xrec_spark.features.build import build_features
+
+        s = build_features(self.lake.spark, self.lake, self.cfg)
+        return {"features_run": s.run_id, "unchanged": s.skipped}
+
+    def train(self) -> dict[str, Any]:
+        latest = self._latest()
+        reason = "no model yet"
+        drift = None
+        if latest is not None:
+            new, before = new_events_since(self.lake, latest.finished_at)
+            drift = new / before if before else float("inf") if new else 0.0
+            reason = retrain_reason(latest.finished_at, self.run_date, drift, self.cfg.batch)
+            if reason is None:
+                self.model_version = latest.model_version
+                return {"model_version": latest.model_version, "retrained": False, "drift": round(drift, 4)}
+        from xrec_spark.train.launch import run_training
+
+        report = run_training(self.cfg, self.lake)
+        self.model_version = report.spec.model_version
+        return {"model_version": self.model_version, "retrained": True, "reason": reason,
+                "drift": None if drift is None else round(drift, 4)}
+
+    def embeddings(self) -> dict[str, Any]:
+        r = export_mod.export_embeddings(self.lake, self.cfg, self._version())
+        return {"items": r.items, "cold_items": r.cold_items, "user_pairs": r.user_pairs}
+
+    def candidates(self) -> dict[str, Any]:
+        r = generate_mod.generate_candidates(self.lake, self.cfg, self.run_date, self._version())
+        return {"rows": r.rows, "model_pairs": r.model_pairs, "fallback_pairs": r.fallback_pairs}
+
+    def evaluate(self) -> dict[str, Any]:
+        from xrec_spark.eval.evaluate import evaluate
+
+        cfg = self.cfg.model_copy(update={"eval": self.cfg.eval.model_copy(
+            update={"model_version": self._version()})})
+        r = evaluate(self.lake, cfg)
+        return {"eval_id": r.eval_id, "metric_rows": len(r.rows)}
+
+    def _version(self) -> str:
+        if self.model_version is None:
+            raise RuntimeError("nightly: no model version after the train step; see its marker in meta.job_log")
+        return self.model_version
+
+
+def run_nightly(lake: Lakehouse, cfg: JobConfig, run_date: date, fail_after: str | None = None) -> NightlyResult:
+    """Run (or finish) the nightly chain for ``run_date``; see the module docstring.
+
+    ``fail_after``: name of a step after which to raise :class:`NightlyInterrupted` (its marker
+    is written first), to test that a killed run finishes correctly when started again.
+    """
+    if not isinstance(run_date, date) or isinstance(run_date, datetime):
+        raise TypeError(f"run_date must be a datetime.date; got {type(run_date).__name__}")
+    if fail_after is not None and fail_after not in STEPS:
+        raise ValueError(f"fail_after {fail_after!r} is not a step; steps: {STEPS}")
+    night = _Night(lake, cfg, run_date)
+    result = NightlyResult(run_date)
+    for step in STEPS:
+        run_key = f"{run_date.isoformat()}:{step}"
+        inputs = night.inputs(step)
+        marker = last_marker(lake, JOB, run_key)
+        if marker is not None and marker["input_versions"] == inputs:
+            summary = marker["summary"]
+            if step == "train":
+                night.model_version = summary.get("model_version")
+            log.info("nightly %s: %s already done for these inputs, skipped", run_date, step)
+            result.steps.append(StepOutcome(step, False, summary))
+        else:
+            started = utc_now()
+            action: Callable[[], dict[str, Any]] = getattr(night, step)
+            summary = action()
+            record_job(lake, JOB, run_key, inputs, lake.versions(_OUTPUTS[step]), summary, started)
+            result.steps.append(StepOutcome(step, True, summary))
+        if fail_after == step:
+            raise NightlyInterrupted(f"nightly {run_date}: stopped after step {step!r} (fail_after)")
+    result.model_version = night.model_version
+    return result
+
+
+_OUTPUTS: dict[str, tuple[TableSpec, ...]] = {
+    "ingest": (BRONZE_EVENTS, BRONZE_ITEMS, BRONZE_QUARANTINE),
+    "features": (INTERACTIONS, ITEM_FEATURES, USER_HISTORY, TRAINING_EXAMPLES),
+    "train": (RUNS,),
+    "embeddings": (ITEM_EMBEDDINGS, USER_EMBEDDINGS),
+    "candidates": (CANDIDATES,),
+    "evaluate": (METRICS,),
+}
