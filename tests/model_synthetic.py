@@ -158,3 +158,42 @@ def popularity_ndcg(data: Planted, k: int = 10) -> float:
         dcg = sum(d for item, d in zip(top, discounts) if int(item) in relevant)
         total += dcg / discounts[: min(len(relevant), k)].sum()
     return total / len(data.test_relevant)
+
+
+# ------------------------------------------------------------------ tiny hand-made fixtures
+
+TINY_SIZES = ModelSizes(n_users=5, n_items=8, n_categories=3)
+
+
+def tiny_frame() -> pd.DataFrame:
+    """Rows of silver.item_features for 8 items in 3 categories (item 4 has no text)."""
+    return pd.DataFrame({
+        "item_idx": [1, 2, 3, 4, 5, 6, 7, 8],
+        "category_idx": [1, 1, 2, 2, 3, 3, 1, 2],
+        "text": ["red running shoe", "blue shoe", "a history of rome", None, "space film", "film noir",
+                 "green shoe", "rome guide"],
+        "train_count": [5, 0, 2, 1, 3, 0, 1, 4],
+    })
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    """A small model config (8-dim) for unit tests."""
+    return ModelConfig(**{"embedding_dim": 8, "hidden_dim": 16, "hash_buckets": 64, "max_tokens": 12,
+                          "experts": 2, **overrides})
+
+
+def tiny_batch() -> dict[str, torch.Tensor]:
+    """Six examples over all three categories; user 0 and 7 have no id embedding (n_users=5)."""
+    return {
+        "user_idx": torch.tensor([1, 2, 3, 5, 0, 7]),
+        "history": torch.tensor([[2, 3, 5, 0], [1, 0, 0, 0], [0, 0, 0, 0], [8, 6, 4, 2], [5, 1, 0, 0], [3, 3, 7, 0]]),
+        "item_idx": torch.tensor([1, 3, 5, 7, 8, 6]),
+        "category_idx": torch.tensor([1, 2, 3, 1, 2, 3]),
+        "label": torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0]),
+        "weight": torch.tensor([1.0, 2.0, 1.0, 1.0, 1.0, 0.5]),
+    }
+
+
+def tiny_model(**overrides) -> CrossCategoryModel:
+    cfg = tiny_config(**overrides)
+    return CrossCategoryModel(cfg, TINY_SIZES, ItemContent.from_frame(tiny_frame(), cfg, TINY_SIZES.n_items))

@@ -111,7 +111,7 @@ def _items_file(path, toy_story_title: str):
 def test_items_file_with_genre_lists_latest_wins(spark, tmp_path):
     pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["Toy Story (1995)", "Heat (1995)"],
                   "event_ts": pd.to_datetime(["2001-01-01", "2001-01-02"], utc=True), "rating": [5.0, 3.0]}
-                 ).to_parquet(tmp_path / "ratings.parquet")
+                 ).to_parquet(tmp_path / "ratings.parquet", coerce_timestamps="us")
     _items_file(tmp_path / "items.parquet", "Toy Story (1995)")
     ingest = {"events": {"path": str(tmp_path / "ratings.parquet"), "columns": {"category": None}},
               "items": {"path": str(tmp_path / "items.parquet"), "columns": ITEM_COLUMNS}}
@@ -173,7 +173,7 @@ def test_items_derived_from_all_events_of_touched_items(spark, tmp_path):
 def test_item_column_type_errors_name_the_column(spark, tmp_path, columns, message):
     _items_file(tmp_path / "items.parquet", "Toy Story (1995)")
     pd.DataFrame({"user_id": ["u1"], "item_id": ["Heat (1995)"], "event_ts": pd.to_datetime(["2001-01-01"], utc=True),
-                  "rating": [3.0]}).to_parquet(tmp_path / "ratings.parquet")
+                  "rating": [3.0]}).to_parquet(tmp_path / "ratings.parquet", coerce_timestamps="us")
     cfg = make_config(tmp_path / "lakehouse", ingest={
         "events": {"path": str(tmp_path / "ratings.parquet"), "columns": {"category": None}},
         "items": {"path": str(tmp_path / "items.parquet"), "columns": {**ITEM_COLUMNS, **columns}}})

@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "ingest": "jobs.ingest",
     "synthetic": "jobs.synthetic",
     "demo": "jobs.demo",
+    "train": "jobs.train",
     "features": "jobs.build_features",
     "embeddings": "jobs.export_embeddings",
     "candidates": "jobs.generate_candidates",

@@ -370,6 +370,8 @@ class EvalConfig(_Section):
     baselines: list[str] = Field(default_factory=lambda: ["popularity_global", "popularity_category", "als"])
     # Also rank with the trained model (gold.user_embeddings / gold.item_embeddings).
     include_model: bool = True
+    # Also score the served lists of gold.candidates (latest run_date) as system "candidates".
+    include_candidates: bool = False
     # model_version (gold.runs) of each baseline trained by the training job, e.g.
     # {no_sharing: <version>, shared_no_transfer: <version>}.
     baseline_versions: dict[str, str] = Field(default_factory=dict)

@@ -32,13 +32,14 @@ from xrec_spark.eval.bootstrap import summarize
 from xrec_spark.eval.metrics import coverage_and_popularity, group_metrics, ranked_lists, relevant_groups
 from xrec_spark.eval.model_rankings import model_rankings
 from xrec_spark.tables import (
-    CATEGORY_INDEX, INTERACTIONS, ITEM_EMBEDDINGS, ITEM_FEATURES, METRICS, RUNS, USER_EMBEDDINGS, USER_HISTORY,
+    CANDIDATES, CATEGORY_INDEX, INTERACTIONS, ITEM_EMBEDDINGS, ITEM_FEATURES, METRICS, RUNS, USER_EMBEDDINGS, USER_HISTORY,
     Lakehouse)
 
 log = logging.getLogger(__name__)
 
 JOB = "evaluate"
 MODEL = "model"
+CANDIDATES_SYSTEM = "candidates"
 TRAINED_BASELINES = ("no_sharing", "shared_no_transfer")
 DATA_INPUTS = (INTERACTIONS, ITEM_FEATURES, CATEGORY_INDEX)
 MODEL_INPUTS = (USER_HISTORY, ITEM_EMBEDDINGS, USER_EMBEDDINGS, RUNS)
@@ -130,7 +131,8 @@ def evaluate(lake: Lakehouse, cfg: JobConfig) -> EvalResult:
     """The whole evaluation job (see module docstring); returns what it wrote."""
     started = utc_now()
     ev = cfg.eval
-    inputs = lake.versions(DATA_INPUTS + (MODEL_INPUTS if ev.include_model or _trained(ev) else ()))
+    inputs = lake.versions(DATA_INPUTS + (MODEL_INPUTS if ev.include_model or _trained(ev) else ())
+                           + ((CANDIDATES,) if ev.include_candidates else ()))
     interactions = lake.read(INTERACTIONS, inputs.get(INTERACTIONS.qualified))
     features = lake.read(ITEM_FEATURES, inputs.get(ITEM_FEATURES.qualified))
     names = {int(r["category_idx"]): r["category"] for r in
@@ -157,6 +159,8 @@ def evaluate(lake: Lakehouse, cfg: JobConfig) -> EvalResult:
         parts.append(ranking)
         handles.append(handle)
         model_versions[system] = run.model_version
+    if ev.include_candidates:
+        parts.append(served_candidates(lake))
     if not parts:
         raise ValueError("nothing to evaluate: eval.baselines is empty and eval.include_model is false")
     rankings = parts[0]
@@ -202,6 +206,17 @@ def _grid_rows(grid: list[dict[str, float]], k: int) -> pd.DataFrame:
         C.GROUPS: int(g["groups"]), C.CI_LOW: float("nan"), C.CI_HIGH: float("nan")} for g in grid],
         columns=[C.SYSTEM, METRICS_SPLIT, C.CATEGORY_NAME, C.SLICE, C.METRIC, C.K, C.VALUE, C.GROUPS,
                  C.CI_LOW, C.CI_HIGH])
+
+
+def served_candidates(lake: Lakehouse) -> DataFrame:
+    """gold.candidates of the latest run_date as rankings of system ``candidates`` (the lists the
+    nightly job serves; pairs it did not generate score 0)."""
+    candidates = lake.read(CANDIDATES)
+    latest = candidates.agg(F.max("run_date")).first()[0]
+    if latest is None:
+        raise ValueError("eval.include_candidates is true but gold.candidates is empty: run `xrec candidates`")
+    return (candidates.where(F.col("run_date") == F.lit(latest))
+            .select(F.lit(CANDIDATES_SYSTEM).alias(C.SYSTEM), C.USER, C.CATEGORY, C.RANK, C.ITEM, C.SCORE))
 
 
 def _trained(ev) -> bool:

@@ -2,14 +2,15 @@
 
 An item's **primary category** (its ``category_idx`` here, and the pool it is sampled from as a
 negative) is its ``bronze.items`` category when set, else the category most of its (user, item)
-interactions were recorded under (ties: the most recent, then the larger category id). Rows of
+interactions were recorded under (ties: the most recent, then the smallest name; the rule
+ingest uses when it derives ``bronze.items`` from events). Rows of
 ``silver.interactions`` keep the category of their own event, which can differ for the few
 items a source lists under several categories.
 """
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -34,8 +35,9 @@ def item_categories(pairs: DataFrame, items: DataFrame) -> DataFrame:
                  .where(F.col("catalogue_category").isNotNull()))
     counts = (pairs.groupBy("item_id", "category")
               .agg(F.count(F.lit(1)).alias("n"), F.max("ts").alias("last_ts")))
-    mode = counts.groupBy("item_id").agg(
-        F.max_by("category", F.struct("n", "last_ts", "category")).alias("event_category"))
+    best = Window.partitionBy("item_id").orderBy(F.desc("n"), F.desc("last_ts"), "category")
+    mode = (counts.withColumn("rank", F.row_number().over(best)).where(F.col("rank") == 1)
+            .select("item_id", F.col("category").alias("event_category")))
     return (catalogue.join(mode, "item_id", "full_outer")
             .select("item_id", F.coalesce("catalogue_category", "event_category").alias("category")))
 

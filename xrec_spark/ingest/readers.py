@@ -203,8 +203,12 @@ def read_source(spark: SparkSession, path: str, fmt: FileFormat, csv: CsvOptions
         else:
             df = spark.read.parquet(path)
     except (PySparkException, Py4JJavaError) as e:
-        raise SourceReadError(f"{key}: cannot read {path!r} as {resolved.value}: "
-                              f"{str(e).strip().splitlines()[0][:500]}") from e
+        first_line = str(e).strip().splitlines()[0][:500]
+        hint = ""
+        if "TIMESTAMP(NANOS" in first_line:
+            hint = ("; Spark cannot read nanosecond timestamps: write the file with microsecond ones "
+                    "(e.g. pandas to_parquet(..., coerce_timestamps='us'))")
+        raise SourceReadError(f"{key}: cannot read {path!r} as {resolved.value}: {first_line}{hint}") from e
     source_columns = [c for c in df.columns if c != CORRUPT]
     if not source_columns:
         raise SourceReadError(f"{key}: {path!r} has no columns as {resolved.value} (empty, or not "

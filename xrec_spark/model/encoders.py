@@ -42,7 +42,7 @@ class ContentEncoder(nn.Module):
                  buckets: int, d_txt: int | None, d_img: int | None) -> None:
         super().__init__()
         self.kind, self.fusion = kind, fusion
-        self.bag = (nn.EmbeddingBag(buckets, dim, mode="mean", padding_idx=0)
+        self.bag = (nn.EmbeddingBag(buckets, dim, mode="mean")
                     if kind is ContentEncoderKind.HASHED else None)
         if kind is ContentEncoderKind.SENTENCE and d_txt is None:
             raise ValueError("model.content_encoder=sentence needs ItemContent.text_vector")

@@ -220,6 +220,22 @@ class TrainingReport:
     runs_table: str
     runs_version: int
 
+    def format(self) -> str:
+        """A short human summary for the job's output."""
+        r, m = self.result, self.result.metrics
+        metric = next((k for k in m if k.startswith("valid_")), None)
+        best = f", best at {r.best_at['phase']} epoch {r.best_at['epoch']}" if r.best_at else ""
+        lines = [
+            f"trained {r.model_version} (run {r.run_id}) on {r.world_size} process(es): {int(m.get('epochs', 0))} "
+            f"epochs, {int(m.get('steps', 0))} steps, {m.get('samples_per_s', 0.0):,.0f} samples/s, final loss "
+            f"{m.get('final_loss', float('nan')):.4f}"
+            + (f", {metric} {m[metric]:.4f}{best}" if metric else " (no validation groups)"),
+            f"model:      {r.model_path}",
+            f"mlflow run: {self.mlflow_run_id} in {self.tracking_uri} (experiment xrec-train)",
+            f"runs row:   {RUNS.qualified} run_id={r.run_id} at {self.runs_table} (version {self.runs_version})",
+        ]
+        return "\n".join(lines)
+
 
 def run_training(cfg: JobConfig, lake: Lakehouse, resume: ResumeMode = "auto",
                  fail_at_step: int | None = None, fail_rank: int = 0) -> TrainingReport:

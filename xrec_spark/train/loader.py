@@ -19,12 +19,9 @@ step count per epoch for all ranks before the first step.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
@@ -33,13 +30,12 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from xrec_spark.train.batching import Chunk, mix_seed
+
 log = logging.getLogger(__name__)
 
 # The numeric columns of silver.training_examples a batch carries (history: fixed-length list).
 COLUMNS: tuple[str, ...] = ("user_idx", "item_idx", "category_idx", "label", "weight", "history")
-_INT_COLUMNS = ("user_idx", "item_idx", "category_idx", "history")
-
-Chunk = dict[str, np.ndarray]
 
 
 class Shard(Protocol):
@@ -49,6 +45,10 @@ class Shard(Protocol):
 
     def chunks(self) -> Iterator[Chunk]:
         """The shard's rows as column arrays, one chunk per row group, in the epoch's order."""
+        ...
+
+    def close(self) -> None:
+        """Release readers and threads (also when the epoch stopped before the last chunk)."""
         ...
 
 
@@ -183,6 +183,9 @@ class _ArrowShard:
                 table = pq.ParquetFile(f).read_row_group(g.index, columns=self._columns)
             yield chunk_from_table(table, self._columns)
 
+    def close(self) -> None:
+        pass
+
 
 class ArrowLoader:
     """pyarrow over the pinned files; row groups dealt to ranks by :func:`assign_row_groups`."""
@@ -199,7 +202,7 @@ class ArrowLoader:
         self._rank, self._seed, self._columns = rank, seed, columns
 
     def epoch(self, epoch: int) -> _ArrowShard:
-        return _ArrowShard(self._fs, self._groups, self._columns, _mix(self._seed, epoch, self._rank))
+        return _ArrowShard(self._fs, self._groups, self._columns, mix_seed(self._seed, epoch, self._rank))
 
     def close(self) -> None:
         pass
@@ -320,142 +323,3 @@ def open_loader(kind: str, files: Sequence[str], rank: int, world: int, seed: in
     if kind == "arrow":
         return ArrowLoader(files, rank, world, seed, columns)
     raise ValueError(f"train.loader must be 'petastorm' or 'arrow'; got {kind!r}")
-
-
-# ----------------------------------------------------------------------------------- batching
-
-
-def _mix(*parts: int) -> int:
-    """One seed from several ints (stable across processes, unlike hash())."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
-
-
-def steps_for(min_rows: int, batch_size: int) -> int:
-    """Steps every rank runs in an epoch: enough batches for the smallest shard (its last batch
-    may be short); larger shards drop their surplus rows for that epoch (a different surplus
-    each epoch, because the order is reshuffled)."""
-    return -(-int(min_rows) // int(batch_size))
-
-
-def batches(chunks: Iterable[Chunk], batch_size: int, steps: int, seed: int,
-            window: int = 65536, skip: int = 0) -> Iterator[Chunk]:
-    """Fixed-size batches from row-group chunks, shuffled within windows of ``window`` rows.
-
-    Yields batches ``skip`` .. ``steps - 1`` (the first ``skip`` are built and dropped, so a
-    resumed run sees the same batches as an uninterrupted one). Every batch has ``batch_size``
-    rows except possibly the last one when the chunks run out.
-    """
-    rng = np.random.default_rng(seed)
-    produced = 0
-    pending: list[Chunk] = []
-    pending_rows = 0
-
-    def emit(buffer: Chunk, final: bool) -> Iterator[Chunk]:
-        nonlocal produced
-        n = len(next(iter(buffer.values())))
-        perm = rng.permutation(n)
-        buffer = {k: v[perm] for k, v in buffer.items()}
-        full = n // batch_size
-        for b in range(full + (1 if final and n % batch_size else 0)):
-            if produced >= steps:
-                return
-            if produced >= skip:
-                yield {k: v[b * batch_size:(b + 1) * batch_size] for k, v in buffer.items()}
-            produced += 1
-        if not final:
-            pending.append({k: v[full * batch_size:] for k, v in buffer.items()})
-
-    for chunk in chunks:
-        pending.append(chunk)
-        pending_rows += len(next(iter(chunk.values())))
-        if pending_rows >= window:
-            buffer = _concat(pending)
-            pending.clear()
-            yield from emit(buffer, final=False)
-            pending_rows = sum(len(next(iter(c.values()))) for c in pending)
-        if produced >= steps:
-            return
-    if pending and produced < steps:
-        yield from emit(_concat(pending), final=True)
-
-
-def _concat(chunks: list[Chunk]) -> Chunk:
-    if len(chunks) == 1:
-        return chunks[0]
-    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-
-
-# ----------------------------------------------------------------------------------- prefetch
-
-
-_DONE = object()
-
-
-@contextmanager
-def prefetched(items: Iterable[object], depth: int = 4) -> Iterator[Iterator[object]]:
-    """Iterate ``items`` in a background thread, ``depth`` items ahead.
-
-    Parquet decoding and batch assembly release the GIL for most of their time, so they
-    overlap the model step. An exception in the producer is re-raised in the consumer; leaving
-    the ``with`` block early stops the producer.
-    """
-    q: queue.Queue[object] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    failure: list[BaseException] = []
-
-    def produce() -> None:
-        iterator = iter(items)
-        try:
-            for item in iterator:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            failure.append(e)
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-            while not stop.is_set():
-                try:
-                    q.put(_DONE, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-
-    thread = threading.Thread(target=produce, name="xrec-prefetch", daemon=True)
-    thread.start()
-
-    def consume() -> Iterator[object]:
-        while True:
-            item = q.get()
-            if item is _DONE:
-                if failure:
-                    raise failure[0]
-                return
-            yield item
-
-    try:
-        yield consume()
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-
-
-def to_tensors(batch: Mapping[str, np.ndarray]) -> dict[str, "torch.Tensor"]:
-    """A numpy batch as torch tensors: ids and history int64, label and weight float32.
-
-    Shapes: ``user_idx, item_idx, category_idx, label, weight: [B]``; ``history: [B, L]``.
-    """
-    import torch
-
-    out = {}
-    for name, arr in batch.items():
-        dtype = np.int64 if name in _INT_COLUMNS else np.float32
-        out[name] = torch.from_numpy(np.ascontiguousarray(arr, dtype=dtype))
-    return out

@@ -28,7 +28,8 @@ from xrec_spark.model.transfer import phase_categories, phase_param_groups
 from xrec_spark.train import ranks
 from xrec_spark.train.checkpoints import (
     Position, Progress as RunProgress, RunPaths, load_state, pack, rng_state, save_state, set_rng_state, unpack)
-from xrec_spark.train.loader import _mix, batches, open_loader, prefetched, read_pinned, steps_for, to_tensors
+from xrec_spark.train.batching import batches, mix_seed, prefetched, steps_for, to_tensors
+from xrec_spark.train.loader import open_loader, read_pinned
 from xrec_spark.train.progress import Progress
 from xrec_spark.train.spec import ITEM_FEATURES, TRAINING_EXAMPLES, TrainSpec
 from xrec_spark.train.validation import load_validation, validation_ndcg
@@ -223,7 +224,7 @@ class Trainer:
         first = pos.step if pos.epoch == epoch else 0
         if first == 0:
             pos = Position(phase=pos.phase, epoch=epoch, global_step=pos.global_step)
-        seed = _mix(self.tc.seed, self.phase_base[pos.phase] + epoch, self.info.rank)
+        seed = mix_seed(self.tc.seed, self.phase_base[pos.phase] + epoch, self.info.rank)
         self.progress.start_epoch(phase.name, epoch, phase.epochs, steps, first)
         t0, wait = time.perf_counter(), 0.0
         stream = (to_tensors(b) for b in batches(shard.chunks(), self.tc.batch_size, steps, seed, skip=first))
@@ -248,9 +249,7 @@ class Trainer:
                         snapshot = Position(**{**pos.__dict__, "seconds": pos.seconds + time.perf_counter() - t0})
                         self._checkpoint(snapshot, prog, optimizer, scheduler)
         finally:
-            close = getattr(shard, "close", None)
-            if close is not None:
-                close()
+            shard.close()
         pos.step = steps
         pos.seconds += time.perf_counter() - t0
         self._wait = wait

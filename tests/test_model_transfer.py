@@ -1,0 +1,133 @@
+"""Transfer protocol: source choice, per-phase trainable parameters, new-category heads."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from model_synthetic import TINY_SIZES, tiny_batch, tiny_model
+from xrec_spark.model.losses import MultiTaskLoss
+from xrec_spark.model.transfer import (PHASES, choose_sources, init_new_category_head, phase_categories,
+                                       phase_param_groups)
+
+
+def _transfer_rows() -> pd.DataFrame:
+    rows = [  # src, dst, users_both, lift
+        (1, 3, 10, 2.0), (2, 3, 40, 3.5), (4, 3, 5, 3.5), (3, 3, 99, 9.0), (5, 3, 0, 8.0),
+        (3, 1, 10, 1.2), (2, 1, 7, 0.4), (4, 1, 1, 0.9),
+    ]
+    frame = pd.DataFrame(rows, columns=["src_category_idx", "dst_category_idx", "users_both", "lift"])
+    return frame.assign(p_dst_given_src=0.1, score=0.2)
+
+
+def test_choose_sources_by_lift_without_self_or_empty_pairs():
+    got = choose_sources(_transfer_rows(), targets=[3, 1, 6], top_n=2)
+    # Target 3: lift 3.5 tie between 2 (40 users) and 4 (5 users) -> 2 first; 3 is itself, 5 has no users.
+    assert got == {3: [2, 4], 1: [3, 4], 6: []}
+    assert choose_sources(_transfer_rows(), [3], top_n=5) == {3: [2, 4, 1]}
+
+
+def test_choose_sources_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"lacks columns \['lift'\]"):
+        choose_sources(_transfer_rows().drop(columns=["lift"]), [1], 2)
+    with pytest.raises(ValueError, match="source_top_n must be >= 1"):
+        choose_sources(_transfer_rows(), [1], 0)
+
+
+def test_phase_categories():
+    assert phase_categories("pretrain", [1, 2], [3]) == {1, 2}
+    assert phase_categories("freeze", [1, 2], [3]) == {3}
+    assert phase_categories("finetune", [1, 2], [3]) == {1, 2, 3}
+    with pytest.raises(ValueError, match="'warmup' is not one of"):
+        phase_categories("warmup", [1], [2])
+
+
+@pytest.mark.parametrize("share, bottom, weighting", [
+    (True, "shared", "uniform"), (True, "mmoe", "uncertainty"), (False, "mmoe", "uncertainty")])
+@pytest.mark.parametrize("phase", PHASES)
+def test_gradients_reach_exactly_the_unfrozen_parameters(phase, share, bottom, weighting):
+    model = tiny_model(share_across_categories=share, bottom=bottom, task_weighting=weighting)
+    loss_fn = MultiTaskLoss(model.cfg, TINY_SIZES.n_categories)
+    sources, targets = [1, 2], [3]
+    groups = phase_param_groups(model, loss_fn, phase, lr=0.01, shared_lr_scale=0.1,
+                                source_categories=sources, target_categories=targets)
+    trainable = {id(p) for g in groups for p in g["params"]}
+    assert trainable == {id(p) for p in [*model.parameters(), *loss_fn.parameters()] if p.requires_grad}
+    expected = {id(p) for p in model.head_parameters(phase_categories(phase, sources, targets))}
+    if phase != "freeze":
+        expected |= {id(p) for p in model.shared_parameters()}
+    assert {id(p) for p in model.parameters() if p.requires_grad} == expected
+
+    batch = tiny_batch()
+    keep = torch.isin(batch["category_idx"], torch.tensor(sorted(phase_categories(phase, sources, targets))))
+    batch = {k: v[keep] for k, v in batch.items()}
+    u, v = model.encode(batch)
+    total, _ = loss_fn(u, v, batch)
+    total.backward()
+    with_grad = {id(p) for p in [*model.parameters(), *loss_fn.parameters()]
+                 if p.grad is not None and p.grad.abs().sum() > 0}
+    assert with_grad == trainable
+
+    lrs = {g["name"]: g["lr"] for g in groups}
+    assert lrs == ({"heads": 0.01} if phase == "freeze" else {"shared": 0.01 * 0.1, "heads": 0.01})
+
+
+def test_freeze_phase_step_leaves_shared_parameters_unchanged():
+    model = tiny_model()
+    loss_fn = MultiTaskLoss(model.cfg, 3)
+    opt = torch.optim.Adam(phase_param_groups(model, loss_fn, "freeze", 0.05, 1.0, [1, 2], [3]))
+    before = [p.detach().clone() for p in model.shared_parameters()]
+    head_before = [p.detach().clone() for p in model.head_parameters([3])]
+    batch = {k: v[[2, 5]] for k, v in tiny_batch().items()}  # category 3 rows
+    total, _ = loss_fn(*model.encode(batch), batch)
+    total.backward()
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.shared_parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(head_before, model.head_parameters([3])))
+
+
+def test_phase_param_groups_rejects_bad_arguments():
+    model = tiny_model()
+    loss_fn = MultiTaskLoss(model.cfg, 3)
+    with pytest.raises(ValueError, match="category_idx 4 outside 1..3"):
+        phase_param_groups(model, loss_fn, "pretrain", 0.1, 1.0, [1, 4], [3])
+    with pytest.raises(TypeError, match="unwrap DDP"):
+        phase_param_groups(torch.nn.Linear(2, 2), loss_fn, "pretrain", 0.1, 1.0, [1], [3])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_init_new_category_head_averages_neighbours(share):
+    model = tiny_model(share_across_categories=share, bottom="mmoe")
+    init_new_category_head(model, 3, [1, 2])
+    for a, b, c in zip(model.category_parameters(1), model.category_parameters(2), model.category_parameters(3)):
+        assert torch.allclose(c, (a + b) / 2)
+    rows = model.item_tower.category.weight
+    assert torch.allclose(rows[3], (rows[1] + rows[2]) / 2)
+
+
+def test_new_category_is_appended_and_trainable():
+    model = tiny_model()
+    init_new_category_head(model, 4, [1, 3])
+    assert model.sizes.n_categories == 4 and model.item_tower.category.num_embeddings == 5
+    for a, b, c in zip(model.category_parameters(1), model.category_parameters(3), model.category_parameters(4)):
+        assert torch.allclose(c, (a + b) / 2)
+    batch = {**tiny_batch(), "category_idx": torch.tensor([4, 4, 1, 2, 3, 4])}
+    loss_fn = MultiTaskLoss(model.cfg, model.sizes.n_categories)
+    opt = torch.optim.Adam(phase_param_groups(model, loss_fn, "freeze", 0.05, 1.0, [1, 3], [4]))
+    total, per_k = loss_fn(*model.encode(batch), batch)
+    total.backward()
+    opt.step()
+    assert set(per_k) == {1, 2, 3, 4}
+    assert all(p.grad is not None for p in model.category_parameters(4))
+
+
+@pytest.mark.parametrize("new, neighbours, match", [
+    (6, [1], r"new_category 6 must be in 1..3 or 4"),
+    (2, [2], "at least one neighbour category other than itself"),
+    (2, [1, 9], "category_idx 9 outside 1..3"),
+])
+def test_init_new_category_head_rejects_bad_arguments(new, neighbours, match):
+    with pytest.raises(ValueError, match=match):
+        init_new_category_head(tiny_model(), new, neighbours)
+
