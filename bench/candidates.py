@@ -152,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
 
     out["load_after"] = os.getloadavg()
     spark.stop()
+    after = out["load_after"][0]  # type: ignore[index]
     print(f"exact top-{args.k}, {args.users:,} users x {args.items:,} items x {args.dim} dims, "
-          f"Spark {args.master} ({cores} cores), load avg before {load_before[0]:.1f}, after {out['load_after'][0]:.1f}")
+          f"Spark {args.master} ({cores} cores), load avg before {load_before[0]:.1f}, after {after:.1f}")
     print(f"  numpy U @ X.T, one process     {ceiling / 1e6:10.1f} M scores/s   (ceiling)")
     print(f"  engine (exact, Spark)          {out['engine_scores_per_s'] / 1e6:10.1f} M scores/s   "
           f"{secs:7.1f} s   {out['engine_vs_numpy']:.2f} x ceiling")

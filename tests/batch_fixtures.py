@@ -14,8 +14,8 @@ from datetime import datetime
 from pathlib import Path
 
 from xrec_spark.tables import (
-    CATEGORY_INDEX, INTERACTIONS, ITEM_EMBEDDINGS, ITEM_FEATURES, RUNS, USER_CATEGORY_AFFINITY, USER_EMBEDDINGS,
-    USER_HISTORY, USER_INDEX, Lakehouse,
+    CATEGORY_INDEX, INTERACTIONS, ITEM_EMBEDDINGS, ITEM_FEATURES, ITEM_INDEX, RUNS, USER_CATEGORY_AFFINITY,
+    USER_EMBEDDINGS, USER_HISTORY, USER_INDEX, Lakehouse,
 )
 
 HISTORY_LENGTH = 4
@@ -45,6 +45,7 @@ def write_silver(lake: Lakehouse) -> None:
 
     put(CATEGORY_INDEX, CATEGORIES)
     put(USER_INDEX, [(f"u{u}", u) for u in USERS])
+    put(ITEM_INDEX, [(f"i{i}", i) for i in ITEM_CATEGORY])
     put(ITEM_FEATURES, [(i, ITEM_CATEGORY[i], TEXT[i], None, None, TRAIN_COUNT[i]) for i in ITEM_CATEGORY])
     put(USER_HISTORY, [(u, h) for u, h in HISTORY.items()])
     put(USER_CATEGORY_AFFINITY, [(u, c, n, w, 1.0, T0) for u, c, n, w in AFFINITY])

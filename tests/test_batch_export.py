@@ -16,6 +16,7 @@ from conftest import make_config
 from xrec_spark.batch.export import export_embeddings
 from xrec_spark.batch.generate import generate_candidates
 from xrec_spark.batch.lineage import NoModelError
+from xrec_spark.batch.showcase import cross_category_sample
 from xrec_spark.config import ModelConfig
 from xrec_spark.model import CrossCategoryModel, ItemContent, ModelSizes, save_model
 from xrec_spark.tables import CANDIDATES, ITEM_EMBEDDINGS, JOB_LOG, USER_EMBEDDINGS
@@ -106,6 +107,12 @@ def test_export_matches_model_scores_covers_cold_items_and_is_idempotent(lakehou
     n = cands.count()
     generate_candidates(lakehouse, cfg, day)
     assert lakehouse.read(CANDIDATES).count() == n
+
+    # The demo's sample: user u1 (books, music) in games, which they never touched.
+    lines = cross_category_sample(lakehouse, day, k=2)
+    assert lines[0] == "user u1: history in books (2), music (1); never touched games. Top 2 there:"
+    expected_top = sorted((i for i in (7, 8, 9)), key=lambda i: -float(user_vec[(1, 3)] @ item_vec[(i,)]))[:2]
+    assert [line.split()[2] for line in lines[1:]] == [f"i{i}" for i in expected_top]
 
 
 def test_second_model_version_keeps_the_first(lakehouse, lakehouse_root, tiny_model, tmp_path):

@@ -214,7 +214,7 @@ def export_embeddings(lake: Lakehouse, cfg: JobConfig, model_version: str | None
     spark = lake.spark
     sc = spark.sparkContext
     features = lake.read(ITEM_FEATURES, inputs.get(ITEM_FEATURES.qualified))
-    content = features.select(*CONTENT_COLUMNS).toPandas()
+    content = features.select(*CONTENT_COLUMNS).toArrow().to_pandas()
     handle = ModelHandle(sc.broadcast(read_checkpoint_bytes(run.checkpoint_path)), sc.broadcast(content),
                          uuid.uuid4().hex, export_device(cfg), int(sc.getConf().get("spark.task.cpus", "1")))
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xrec_spark.config import ContentEncoderKind, FusionKind, HistoryEncoderKind
@@ -105,6 +106,19 @@ class HistoryEncoder(nn.Module):
         elif kind is HistoryEncoderKind.GRU:
             self.gru = nn.GRU(dim, dim, batch_first=True)
             self.out = nn.Linear(dim, dim)
+
+    def pool(self, table: Tensor, index: Tensor, mask: Tensor) -> Tensor:
+        """Like ``forward`` for items given as rows of ``table`` ``[U, D]`` picked by ``index`` ``[B, L]``.
+
+        Mean pooling runs as a weighted EmbeddingBag over the table, never materialising the
+        ``[B, L, D]`` history (several times cheaper forward and backward).
+        """
+        if self.kind is not HistoryEncoderKind.MEAN:
+            return self.forward(table[index], mask)
+        counts = mask.sum(1)
+        offsets = torch.cumsum(counts, 0) - counts
+        weights = (1.0 / counts.clamp_min(1).to(table.dtype)).repeat_interleave(counts)
+        return F.embedding_bag(index[mask], table, offsets, mode="sum", per_sample_weights=weights)
 
     def forward(self, items: Tensor, mask: Tensor) -> Tensor:
         maskf = mask.to(items.dtype)

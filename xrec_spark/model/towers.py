@@ -138,13 +138,15 @@ class ItemTower(nn.Module):
 class UserTower(nn.Module):
     """h_u = user_id(u)·keep + HistoryEncoder(g(history)).
 
-    Inputs: user_idx long ``[B]``, history vectors ``[B, L, D]`` (from the item tower), mask bool
-    ``[B, L]``. Output ``[B, D]``. A user above ``n_users`` or 0 has only the history part.
+    Inputs: user_idx long ``[B]``; the history as rows of ``table`` ``[U, D]`` (item-tower vectors
+    of the batch's distinct items) picked by ``index`` long ``[B, L]``; mask bool ``[B, L]``.
+    Output ``[B, D]``. A user above ``n_users`` or 0 has only the history part.
 
     Example::
 
         tower = UserTower(n_users=10, dim=8, kind=HistoryEncoderKind.MEAN, dropout=drop)
-        tower(torch.tensor([1, 11]), torch.zeros(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)).shape  # (2, 8)
+        tower(torch.tensor([1, 11]), torch.zeros(3, 8), torch.zeros(2, 5, dtype=torch.long),
+              torch.ones(2, 5, dtype=torch.bool)).shape  # (2, 8)
     """
 
     def __init__(self, n_users: int, dim: int, kind: HistoryEncoderKind, dropout: IdDropout) -> None:
@@ -153,10 +155,10 @@ class UserTower(nn.Module):
         self.history = None if kind is HistoryEncoderKind.NONE else HistoryEncoder(kind, dim)
         self.dropout = dropout
 
-    def forward(self, user_idx: Tensor, history: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, user_idx: Tensor, table: Tensor, index: Tensor, mask: Tensor) -> Tensor:
         out = lookup(self.ids, user_idx) * self.dropout(user_idx.shape[0], user_idx.device)
         if self.history is not None:
-            out = out + self.history(history, mask)
+            out = out + self.history.pool(table, index, mask)
         return out
 
 
@@ -251,14 +253,12 @@ class CrossCategoryModel(nn.Module):
         n = item_idx.shape[0]
         if self.cfg.history_encoder is HistoryEncoderKind.NONE:
             v = self.item_tower(item_idx)
-            hist = v.new_zeros(n, history.shape[1], v.shape[1])
-        else:
-            # One item-tower pass over the distinct candidate and history items of the batch.
-            uniq, inverse = unique_items(torch.cat([item_idx, history.reshape(-1)]), self.item_tower.content_rows)
-            vectors = self.item_tower(uniq)
-            v = vectors[inverse[:n]]
-            hist = vectors[inverse[n:]].view(n, history.shape[1], -1)
-        return self._user_side(user_idx, history, hist, category_idx), v
+            return self._user_side(user_idx, history, v, torch.zeros_like(history), category_idx), v
+        # One item-tower pass over the distinct candidate and history items of the batch.
+        uniq, inverse = unique_items(torch.cat([item_idx, history.reshape(-1)]), self.item_tower.content_rows)
+        vectors = self.item_tower(uniq)
+        index = inverse[n:].view(history.shape)
+        return self._user_side(user_idx, history, vectors, index, category_idx), vectors[inverse[:n]]
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         u, v = self.encode(batch)
@@ -269,34 +269,33 @@ class CrossCategoryModel(nn.Module):
         batch = {"user_idx": user_idx, "history": history, "item_idx": torch.zeros_like(user_idx),
                  "category_idx": category_idx}
         user_idx, history, _, category_idx = self._check_batch(batch)
-        hist = self._history_vectors(history)
-        return self._user_side(user_idx, history, hist, category_idx)
+        if self.cfg.history_encoder is HistoryEncoderKind.NONE:
+            table = torch.zeros(1, self.cfg.embedding_dim, device=history.device)
+            return self._user_side(user_idx, history, table, torch.zeros_like(history), category_idx)
+        uniq, inverse = unique_items(history.reshape(-1), self.item_tower.content_rows)
+        table = self.item_tower(uniq)
+        return self._user_side(user_idx, history, table, inverse.view(history.shape), category_idx)
 
     def item_vectors(self, item_idx: Tensor) -> Tensor:
         """Item vectors ``[B, D]`` = g(item); new items (above n_items) come from content alone."""
         self._check_items(item_idx, "item_idx")
         return self.item_tower(item_idx)
 
-    def _history_vectors(self, history: Tensor) -> Tensor:
-        b, length = history.shape
-        if self.cfg.history_encoder is HistoryEncoderKind.NONE:
-            return torch.zeros(b, length, self.cfg.embedding_dim, device=history.device)
-        uniq, inverse = unique_items(history.reshape(-1), self.item_tower.content_rows)
-        return self.item_tower(uniq)[inverse].view(b, length, -1)
-
-    def _user_side(self, user_idx: Tensor, history: Tensor, hist: Tensor, category_idx: Tensor) -> Tensor:
+    def _user_side(self, user_idx: Tensor, history: Tensor, table: Tensor, index: Tensor,
+                   category_idx: Tensor) -> Tensor:
+        """u = f_k(h_u) ``[B, D]``; the history is rows ``index`` ``[B, L]`` of ``table`` ``[U, D]``."""
         groups = group_by_category(category_idx)
         mask = history != 0
         if self.user_tower is not None:
-            return self.heads(self.user_tower(user_idx, hist, mask), category_idx, groups)
+            return self.heads(self.user_tower(user_idx, table, index, mask), category_idx, groups)
         hist_category = self.item_tower.content_category[history]
 
-        def one(k: int, users: Tensor, vecs: Tensor, m: Tensor, cats: Tensor) -> Tensor:
+        def one(k: int, users: Tensor, idx: Tensor, m: Tensor, cats: Tensor) -> Tensor:
             # No sharing: category k sees only its own items in the history.
-            h = self.user_towers[str(k)](users, vecs, m & (cats == k))  # type: ignore[index]
+            h = self.user_towers[str(k)](users, table, idx, m & (cats == k))  # type: ignore[index]
             return self.heads.forward_one(k, h)
 
-        return per_category(groups, one, user_idx, hist, mask, hist_category)
+        return per_category(groups, one, user_idx, index, mask, hist_category)
 
     # ------------------------------------------------------------------ input checks
 

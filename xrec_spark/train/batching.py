@@ -154,5 +154,8 @@ def to_tensors(batch: Mapping[str, np.ndarray]) -> dict[str, "torch.Tensor"]:
     out = {}
     for name, arr in batch.items():
         dtype = np.int64 if name in _INT_COLUMNS else np.float32
-        out[name] = torch.from_numpy(np.ascontiguousarray(arr, dtype=dtype))
+        arr = np.ascontiguousarray(arr, dtype=dtype)
+        if not arr.flags.writeable:   # zero-copy views of Arrow buffers are read-only
+            arr = arr.copy()
+        out[name] = torch.from_numpy(arr)
     return out

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 REQUIRED_INPUTS: tuple[TableSpec, ...] = (TRAINING_EXAMPLES, ITEM_FEATURES, USER_INDEX, ITEM_INDEX, CATEGORY_INDEX)
 OPTIONAL_INPUTS: tuple[TableSpec, ...] = (INTERACTIONS, USER_HISTORY, CATEGORY_TRANSFER)
+INPUTS_READ: tuple[TableSpec, ...] = REQUIRED_INPUTS + OPTIONAL_INPUTS
 # Config keys that say where to write or log, not what to train: left out of the run id.
 _NOT_IN_RUN_ID = ("checkpoint_dir", "tracking_uri", "local_mode")
 

@@ -242,18 +242,19 @@ class _PetastormShard:
                 urls, schema_fields=self._columns, cur_shard=rank, shard_count=world, seed=seed,
                 shuffle_row_groups=True, num_epochs=1, workers_count=workers, reader_pool_type="thread")
             pieces = load_row_groups(self._reader.dataset)
-        # petastorm keeps the row groups whose index (in load_row_groups order) is rank mod world;
-        # counting them from the footers gives this shard's rows before reading. The count is
-        # checked against what was read (see chunks), so a change in petastorm cannot go unseen.
-        footers: dict[str, pq.FileMetaData] = {}
-        rows = 0
-        for i, piece in enumerate(pieces):
-            if i % world != rank:
-                continue
-            if piece.path not in footers:
-                with self._reader.dataset.fs.open(piece.path) as f:
-                    footers[piece.path] = pq.ParquetFile(f).metadata
-            rows += footers[piece.path].row_group(piece.row_group).num_rows
+            # petastorm keeps the row groups whose index (in load_row_groups order) is rank mod
+            # world; counting them from the footers gives this shard's rows before reading. The
+            # count is checked against what was read (see chunks), so a change in petastorm
+            # cannot go unseen.
+            footers: dict[str, pq.FileMetaData] = {}
+            rows = 0
+            for i, piece in enumerate(pieces):
+                if i % world != rank:
+                    continue
+                if piece.path not in footers:
+                    with self._reader.dataset.fs.open(piece.path) as f:
+                        footers[piece.path] = pq.ParquetFile(f).metadata
+                rows += footers[piece.path].row_group(piece.row_group).num_rows
         self.rows = rows
 
     def chunks(self) -> Iterator[Chunk]:
