@@ -213,3 +213,26 @@ def test_image_and_sentence_modalities():
         assert model.item_tower.content.image_proj.in_features == 3
         assert model.item_tower.content.text_proj.in_features == 5 and model.item_tower.content.bag is None
         assert torch.isfinite(model(tiny_batch())).all()
+
+
+@pytest.mark.parametrize("kind", ["mean", "attention", "gru"])
+def test_pooling_rows_of_a_table_equals_pooling_the_gathered_history(kind):
+    gen = torch.Generator().manual_seed(1)
+    enc = HistoryEncoder(HistoryEncoderKind(kind), dim=4)
+    table = torch.randn(5, 4, generator=gen, requires_grad=True)
+    index = torch.tensor([[1, 3, 0], [2, 2, 4], [0, 0, 0]])
+    mask = torch.tensor([[True, True, False], [True, True, True], [False, False, False]])
+    pooled = enc.pool(table, index, mask)
+    assert torch.allclose(pooled, enc(table[index], mask), atol=1e-6)
+    pooled.sum().backward()
+    assert table.grad is not None and table.grad[1:].abs().sum() > 0
+    assert not table.grad[0].any()  # row 0 is picked only at padding positions
+
+
+def test_history_items_go_through_the_candidate_item_tower():
+    model = tiny_model(id_dropout=0.0)
+    batch = {k: v[:1] for k, v in tiny_batch().items()}  # candidate item 1, history items 2, 3, 5
+    u, _ = model.encode(batch)
+    u.sum().backward()
+    touched = model.item_tower.ids.weight.grad.abs().sum(1).nonzero().squeeze(1).tolist()
+    assert touched == [2, 3, 5]

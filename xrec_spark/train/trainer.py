@@ -122,11 +122,12 @@ class Trainer:
 
     def _checkpoint(self, pos: Position, prog: RunProgress, optimizer: Any = None, scheduler: Any = None) -> None:
         """Write state.pt on rank 0 (all ranks call this: it gathers every rank's RNG state)."""
-        rngs = ranks.gather_to_zero(self.info, self._rng())
+        # Per rank: RNG streams and the epoch's running loss sums (each rank saw other rows).
+        per_rank = ranks.gather_to_zero(self.info, {"rng": self._rng(), "loss_sum": pos.loss_sum, "rows": pos.rows})
 
         def write() -> None:
             state = {**pack(pos, prog), "run_id": self.spec.run_id, "world_size": self.info.world_size,
-                     "model": self.model.state_dict(), "loss": self.loss.state_dict(), "rng": rngs,
+                     "model": self.model.state_dict(), "loss": self.loss.state_dict(), "ranks": per_rank,
                      "optimizer": optimizer.state_dict() if optimizer is not None else None,
                      "scheduler": scheduler.state_dict() if scheduler is not None else None,
                      "scaler": self.amp.scaler.state_dict()}
@@ -148,10 +149,15 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.loss.load_state_dict(state["loss"])
         if state.get("world_size") == self.info.world_size:
-            self._set_rng(state["rng"][self.info.rank])
+            mine = state["ranks"][self.info.rank]
+            self._set_rng(mine["rng"])
+            pos.loss_sum, pos.rows = mine["loss_sum"], mine["rows"]
         else:
-            log.warning("checkpoint was written by %s ranks, this run has %d: RNG streams restart",
-                        state.get("world_size"), self.info.world_size)
+            # Other shards: a half-done epoch cannot be continued, so it starts over.
+            log.warning("checkpoint was written by %s ranks, this run has %d: RNG streams restart and "
+                        "the current epoch restarts from its first step", state.get("world_size"),
+                        self.info.world_size)
+            pos.step, pos.loss_sum, pos.rows, pos.seconds = 0, 0.0, 0.0, 0.0
         if self.info.is_zero:
             log.info("resuming run %s from its checkpoint at phase %d epoch %d step %d (global step %d)", self.spec.run_id,
                      pos.phase, pos.epoch, pos.step, pos.global_step)
