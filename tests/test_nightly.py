@@ -160,3 +160,20 @@ def test_interrupted_nightly_finishes_like_an_uninterrupted_one(spark, tmp_path)
     assert lake_a.read(CANDIDATES).count() == n
     new, before = new_events_since(lake_a, datetime(2000, 1, 1))
     assert (new, before) == (178, 0)
+
+
+def test_batch_commands_are_registered_and_reject_bad_dates(capsys):
+    import importlib
+
+    from xrec_spark.cli import COMMANDS
+
+    for name, module in (("embeddings", "jobs.export_embeddings"), ("candidates", "jobs.generate_candidates"),
+                         ("nightly", "jobs.nightly")):
+        assert COMMANDS[name] == module
+        assert callable(importlib.import_module(module).main)
+    from jobs import nightly as nightly_job
+
+    with pytest.raises(SystemExit) as exit_info:
+        nightly_job.main(["--date", "2024-13-01"])
+    assert exit_info.value.code == 2
+    assert "--date '2024-13-01': expected YYYY-MM-DD" in capsys.readouterr().err

@@ -17,6 +17,7 @@ is read again and the MERGE on event ids keeps only what is new.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Callable
@@ -46,6 +47,7 @@ class StepOutcome:
     step: str
     ran: bool                      # False: skipped, its marker for the date had the same inputs
     summary: dict[str, Any]
+    seconds: float = 0.0
 
 
 @dataclass
@@ -58,8 +60,8 @@ class NightlyResult:
         out = [f"nightly {self.run_date}: model {self.model_version or '-'}"]
         for s in self.steps:
             detail = ", ".join(f"{k}={v}" for k, v in s.summary.items() if k != "reason" or v)
-            out.append(f"  {s.step:<10} {'ran' if s.ran else 'skipped (done for these inputs)'}"
-                       + (f": {detail}" if detail else ""))
+            state = f"ran ({s.seconds:.0f} s)" if s.ran else "skipped (done for these inputs)"
+            out.append(f"  {s.step:<10} {state}" + (f": {detail}" if detail else ""))
         return out
 
 
@@ -210,11 +212,11 @@ def run_nightly(lake: Lakehouse, cfg: JobConfig, run_date: date, fail_after: str
             log.info("nightly %s: %s already done for these inputs, skipped", run_date, step)
             result.steps.append(StepOutcome(step, False, summary))
         else:
-            started = utc_now()
+            started, clock = utc_now(), time.perf_counter()
             action: Callable[[], dict[str, Any]] = getattr(night, step)
             summary = action()
             record_job(lake, JOB, run_key, inputs, lake.versions(_OUTPUTS[step]), summary, started)
-            result.steps.append(StepOutcome(step, True, summary))
+            result.steps.append(StepOutcome(step, True, summary, time.perf_counter() - clock))
         if fail_after == step:
             raise NightlyInterrupted(f"nightly {run_date}: stopped after step {step!r} (fail_after)")
     result.model_version = night.model_version
