@@ -225,7 +225,8 @@ def test_negatives_follow_pools_and_never_hit_a_positive(built):
     lakehouse, cfg, summary = built
     u, i, c = USERS, ITEM_IDX, CATS
     interactions = lakehouse.read(INTERACTIONS)
-    negatives = sample_negatives(train_positives(interactions), lakehouse.read(ITEM_FEATURES),
+    pools = sampling_pools(lakehouse.read(ITEM_FEATURES), cfg.features.negatives)
+    negatives = sample_negatives(train_positives(interactions), pools,
                                  lakehouse.read(USER_CATEGORY_AFFINITY), cfg.features.negatives, cfg.features.seed)
     got: dict[tuple, tuple] = {}
     for r in negatives.collect():
@@ -301,13 +302,13 @@ def test_popularity_draws_follow_count_power_alpha(spark):
     positives = spark.range(2000).select(F.col("id").cast("int").alias("user_idx"), F.lit(3).alias("item_idx"),
                                          F.lit(1).alias("category_idx"), F.lit(1.0).cast("float").alias("weight"))
     cfg = NegativesConfig(per_positive=1, strategies=["popularity"], popularity_alpha=1.0, attempts=1)
-    pools = {(r["item_idx"], r["lo"], r["hi"]) for r in sampling_pools(items, cfg).collect()}
-    assert pools == {(1, 0.0, 0.1), (2, 0.1, 1.0)}
-    drawn = sample_negatives(positives, items, positives.limit(0), cfg, seed=3)
+    pools = sampling_pools(items, cfg)
+    assert {(r["item_idx"], r["lo"], r["hi"]) for r in pools.collect()} == {(1, 0.0, 0.1), (2, 0.1, 1.0)}
+    drawn = sample_negatives(positives, pools, positives.limit(0), cfg, seed=3)
     counts = {r["item_idx"]: r["count"] for r in drawn.groupBy("item_idx").count().collect()}
     assert sum(counts.values()) == 2000
     assert abs(counts[2] / 2000 - 0.9) < 0.03  # 4.5 binomial standard deviations
-    again = sample_negatives(positives, items, positives.limit(0), cfg, seed=3)
+    again = sample_negatives(positives, pools, positives.limit(0), cfg, seed=3)
     assert_same_rows(again, drawn)  # deterministic for a seed
 
 

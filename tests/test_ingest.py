@@ -193,3 +193,14 @@ def test_config_that_would_reject_everything_is_refused(spark, tmp_path):
     with pytest.raises(ValueError, match=r"ingest\.events is not set"):
         run_ingest(spark, Lakehouse(spark, cfg.lakehouse.root), make_config(tmp_path / "lakehouse"))
 
+
+
+def test_job_reports_an_unreadable_source(spark, tmp_path, capsys):
+    from jobs import ingest
+
+    rc = ingest.main(["--set", f"lakehouse.root={tmp_path / 'lakehouse'}",
+                      "--set", f"ingest.events.path={tmp_path / 'missing.csv'}"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "xrec ingest: error: ingest.events.path: no input file at" in err and "No table was changed" in err
+    assert not (tmp_path / "lakehouse").exists()

@@ -183,6 +183,8 @@ def evaluate(lake: Lakehouse, cfg: JobConfig) -> EvalResult:
         coverage = coverage_and_popularity(rankings, pairs, features, ev.ks).toPandas()
         log.info("coverage done at %.1f s", time.perf_counter() - tick)
     finally:
+        for handle in handles:
+            handle.release()
         rankings.unpersist()
         groups.unpersist()
     systems = sorted(summary[C.SYSTEM].unique())

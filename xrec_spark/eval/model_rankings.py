@@ -56,9 +56,11 @@ class _LazyHandle:
         return self.handle
 
     def release(self) -> None:
+        """Drop the broadcasts (idempotent)."""
         if self.handle is not None:
             self.handle.checkpoint.unpersist()
             self.handle.content.unpersist()
+            self.handle = None
 
 
 def _exported(lake: Lakehouse, spec, model_version: str) -> DataFrame | None:

@@ -36,7 +36,7 @@ from xrec_spark.features.indexing import first_seen, new_index_rows
 from xrec_spark.features.interactions import index_pairs, label_and_weight, latest_pairs, resolve_categories
 from xrec_spark.features.items import item_categories, item_features, item_text
 from xrec_spark.features.matrices import category_transfer, top_transfer_pairs, user_category_affinity
-from xrec_spark.features.negatives import sample_negatives, training_examples
+from xrec_spark.features.negatives import sample_negatives, sampling_pools, training_examples
 from xrec_spark.features.splits import (
     Cutoffs, assign_slices, assign_split, fraction_cutoffs, resolve_cutoffs_config,
 )
@@ -205,6 +205,7 @@ def build_features(spark: SparkSession, lakehouse: Lakehouse, cfg: JobConfig, to
                                F.sum(F.col("unknown_events")).alias("unknown"),
                                F.count(F.col("category")).alias("pairs")).first()
         pairs = all_pairs.where(F.col("category").isNotNull())
+        stages.done("pairs")
         new_ids = _extend_indexes(lakehouse, pairs, items)
         stages.done("indexes")
 
@@ -229,16 +230,22 @@ def build_features(spark: SparkSession, lakehouse: Lakehouse, cfg: JobConfig, to
 
         features = item_features(item_index, categories, item_categories(pairs, items), item_text(items), interactions)
         lakehouse.overwrite(ITEM_FEATURES, features, job=JOB)
+        stages.done("item_features")
     finally:
         all_pairs.unpersist()
     positives = train_positives(interactions)
     lakehouse.overwrite(USER_HISTORY, user_history(positives, users, fcfg.history_length), job=JOB)
-    stages.done("items_history")
+    stages.done("user_history")
 
-    negatives = sample_negatives(positives, lakehouse.read(ITEM_FEATURES), affinity, fcfg.negatives, fcfg.seed)
-    examples = training_examples(positives_with_history(positives, fcfg.history_length), negatives,
-                                 fcfg.training_files, fcfg.seed)
-    lakehouse.overwrite(TRAINING_EXAMPLES, examples, job=JOB)
+    # The pools feed four broadcasts (first draws and redraws): computed once.
+    pools = sampling_pools(lakehouse.read(ITEM_FEATURES), fcfg.negatives).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        negatives = sample_negatives(positives, pools, affinity, fcfg.negatives, fcfg.seed)
+        examples = training_examples(positives_with_history(positives, fcfg.history_length), negatives,
+                                     fcfg.training_files, fcfg.seed)
+        lakehouse.overwrite(TRAINING_EXAMPLES, examples, job=JOB)
+    finally:
+        pools.unpersist()
     stages.done("training_examples")
 
     return _finish(lakehouse, cfg, key, started, input_versions, cutoffs, new_ids, counts, stages, top_pairs)
@@ -259,6 +266,7 @@ def _finish(lakehouse: Lakehouse, cfg: JobConfig, key: str, started: datetime, i
                         float(r["p_dst_given_src"]), float(r["lift"]), float(r["score"]))
            for r in top_transfer_pairs(lakehouse.read(CATEGORY_TRANSFER), lakehouse.read(CATEGORY_INDEX),
                                        top_pairs).collect()]
+    stages.done("summary")
     summary = FeaturesSummary(
         run_id=uuid.uuid4().hex, skipped=False, row_counts=row_counts, top_transfer=top,
         input_versions=input_versions, output_versions=lakehouse.versions(OUTPUTS),

@@ -69,8 +69,9 @@ def positives_with_history(positives: DataFrame, length: int) -> DataFrame:
     frame = Window.partitionBy("user_idx").orderBy("ts").rowsBetween(-length, -1)
     # Sorted explicitly: collect_list over a frame does not promise frame order.
     previous = F.sort_array(F.collect_list(F.struct("ts", "items")).over(frame), asc=False)
-    recent = F.slice(F.flatten(F.transform(previous, lambda g: g["items"])), 1, length)
-    return (groups.select("user_idx", "ts", "rows", pad_ids(recent, length).alias("history"))
+    recent = F.slice(F.flatten(F.transform(F.col("previous"), lambda g: g["items"])), 1, length)
+    return (groups.select("user_idx", "ts", "rows", previous.alias("previous"))  # the window runs once
+            .select("user_idx", "ts", "rows", pad_ids(recent, length).alias("history"))
             .select("user_idx", "ts", "history", F.explode("rows").alias("row"))
             .select("user_idx", F.col("row.item_idx").alias("item_idx"),
                     F.col("row.category_idx").alias("category_idx"), "ts",

@@ -8,7 +8,7 @@ Rules (the contract every later job reads):
   become a task head of unrelated items in the multi-task model and a fake row/column of the
   transfer matrix, and its items could not get the non-null ``category_idx`` that
   ``silver.item_features`` needs.
-- **Dedup per (user, item)**: the **latest** event wins (ties on time: the larger ``event_id``),
+- **Dedup per (user, item)**: the **latest** event wins (ties on time: the larger hash of ``event_id``),
   with its category, value and time: the latest rating is the user's current opinion, and the
   time of the row is when it was last engaged with. ``first_ts`` keeps the pair's first event
   time, which decides index order.
@@ -69,7 +69,9 @@ def latest_pairs(resolved: DataFrame) -> DataFrame:
         category (filter with ``category IS NOT NULL``).
     """
     known = F.col("category").isNotNull()
-    order = F.when(known, F.struct("event_ts", "event_id"))  # max_by skips null keys
+    # max_by skips null keys; ties on time go to the larger hash of event_id (a long shuffles
+    # far lighter than the 64-character id).
+    order = F.when(known, F.struct("event_ts", F.xxhash64("event_id")))
     latest = F.max_by(F.struct("category", "event_ts", "value"), order)
     return (resolved.groupBy("user_id", "item_id")
             .agg(latest.alias("latest"),

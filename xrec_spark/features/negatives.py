@@ -123,13 +123,14 @@ def _draw(candidates: DataFrame, pools: DataFrame, seed: int) -> DataFrame:
 _SLOT_COLUMNS = ("user_idx", "pos_item_idx", "pos_category_idx", "weight", "slot", "strategy")
 
 
-def sample_negatives(positives: DataFrame, item_features: DataFrame, affinity: DataFrame,
+def sample_negatives(positives: DataFrame, pools: DataFrame, affinity: DataFrame,
                      cfg: NegativesConfig, seed: int) -> DataFrame:
     """Negatives for every train positive (see the module docstring for the rules).
 
     Args:
         positives: train positives ``user_idx, item_idx, category_idx, weight``.
-        item_features: ``item_idx, category_idx, train_count``.
+        pools: :func:`sampling_pools` of the same ``cfg`` (read several times: the caller
+            may persist it).
         affinity: ``user_idx, category_idx`` (used by ``cross_category`` only).
         cfg: negatives config.
         seed: sampling seed.
@@ -146,7 +147,6 @@ def sample_negatives(positives: DataFrame, item_features: DataFrame, affinity: D
                               F.col("category_idx").alias("pos_category_idx"), "weight",
                               F.explode(_slots(cfg)).alias("s"))
              .select(*_SLOT_COLUMNS[:4], "s.slot", "s.strategy"))
-    pools = sampling_pools(item_features, cfg)
     active = active_categories(affinity) if NegativeStrategy.CROSS_CATEGORY in cfg.strategies else None
     taken = positives.select("user_idx", "item_idx", F.lit(True).alias("hit"))
 
@@ -184,7 +184,9 @@ def training_examples(positives_with_history: DataFrame, negatives: DataFrame, f
     if files < 1:
         raise ValueError(f"features.training_files must be >= 1, got {files}")
     history = positives_with_history.select("user_idx", F.col("item_idx").alias("pos_item_idx"), "history")
-    neg = (negatives.join(history, ["user_idx", "pos_item_idx"])
+    # Sort-merge, never broadcast: the history side holds a whole array per positive, and
+    # size estimates from compressed Parquet would let the planner broadcast it.
+    neg = (negatives.join(history.hint("merge"), ["user_idx", "pos_item_idx"])
            .select("user_idx", "item_idx", "category_idx", F.lit(0.0).alias("label"), "weight", "history",
                    F.col("pos_item_idx"), "slot"))
     pos = positives_with_history.select("user_idx", "item_idx", "category_idx", F.lit(1.0).alias("label"),

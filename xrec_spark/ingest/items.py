@@ -121,7 +121,7 @@ def derive_items(events: DataFrame) -> DataFrame:
                     F.lit(DERIVED_SOURCE).alias("source")))
 
 
-def content_hash(df: DataFrame) -> Column:
+def content_hash() -> Column:
     """sha256 of an item's content fields (what decides whether a MERGE would change it)."""
     return F.sha2(F.to_json(F.struct(*[F.col(c) for c in CONTENT_FIELDS])), 256)
 
@@ -133,8 +133,8 @@ def changed_items(candidates: DataFrame, existing: DataFrame | None, updated_at:
     ``updated_at`` set to this run's time (latest wins on MERGE). Re-ingesting unchanged items
     therefore writes nothing.
     """
-    rows = candidates.select(*ITEM_FIELDS, "source", content_hash(candidates).alias("_hash"))
+    rows = candidates.select(*ITEM_FIELDS, "source", content_hash().alias("_hash"))
     if existing is not None:
-        current = existing.select("item_id", content_hash(existing).alias("_hash"))
+        current = existing.select("item_id", content_hash().alias("_hash"))
         rows = rows.join(current, ["item_id", "_hash"], "left_anti")
     return rows.select(*ITEM_FIELDS, F.lit(updated_at).alias("updated_at"), "source")

@@ -24,7 +24,7 @@ from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from xrec_spark.config import EventSource, IngestConfig, JobConfig
+from xrec_spark.config import EventColumns, EventSource, IngestConfig, ItemColumns, JobConfig
 from xrec_spark.ingest.items import changed_items, classify_items, derive_items
 from xrec_spark.ingest.readers import SourceFile, SourceReadError, read_source
 from xrec_spark.ingest.validate import REASONS, accepted_events, classify_events, quarantine_rows
@@ -83,8 +83,9 @@ def _events_source(ingest: IngestConfig) -> EventSource:
     return ingest.events
 
 
-def _required(columns: object) -> list[str]:
-    return sorted({v for v in vars(columns).values() if isinstance(v, str)})
+def _required(columns: EventColumns | ItemColumns) -> list[str]:
+    """Source columns a mapping names (None = not in the source)."""
+    return sorted({v for v in columns.model_dump().values() if isinstance(v, str)})
 
 
 def _reason_counts(classified: DataFrame, what: str) -> tuple[int, dict[str | None, int], int]:
