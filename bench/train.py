@@ -42,11 +42,13 @@ def write_tables(spark, lake, rows: int, users: int, items: int, categories: int
     lake.overwrite(CATEGORY_INDEX, spark.range(1, categories + 1).select(
         F.concat(F.lit("c"), F.col("id")).alias("category"), F.col("id").cast("int").alias("category_idx")))
     item_cat = (F.col("id") % categories + 1).cast("int")
+    # A null array<float> whose elements are declared non-null, as silver.item_features wants.
+    no_vector = F.when(F.lit(False), F.array(F.lit(0.0).cast("float")))
     lake.overwrite(ITEM_FEATURES, spark.range(1, items + 1).select(
         F.col("id").cast("int").alias("item_idx"), item_cat.alias("category_idx"),
         F.concat(F.lit("item tag"), (F.col("id") % 50).cast("string"), F.lit(" shelf"),
                  (F.col("id") % 7).cast("string")).alias("text"),
-        F.lit(None).cast("array<float>").alias("image_vector"), F.lit(None).cast("array<float>").alias("text_vector"),
+        no_vector.alias("image_vector"), no_vector.alias("text_vector"),
         (F.col("id") % 13).cast("long").alias("train_count")))
     item = (F.floor(F.pow(F.rand(seed), 2.0) * items) + 1).cast("int")   # skewed popularity
     hist = [F.coalesce((F.floor(F.rand(seed + 1 + j) * items) + 1).cast("int"), F.lit(0)) for j in range(history)]

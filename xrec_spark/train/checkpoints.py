@@ -76,7 +76,7 @@ class Position:
 
 
 @dataclass
-class Progress:
+class RunRecord:
     """Early-stopping bookkeeping and the per-epoch history (also what tracking logs)."""
 
     best_metric: float | None = None
@@ -121,13 +121,13 @@ def load_state(path: Path) -> dict[str, Any]:
                            "(or run with --fresh)") from e
 
 
-def pack(position: Position, progress: Progress) -> dict[str, Any]:
+def pack(position: Position, progress: RunRecord) -> dict[str, Any]:
     """Position and progress as plain JSON-compatible data for a state dict."""
     return {"position": asdict(position), "progress": json.loads(json.dumps(asdict(progress)))}
 
 
-def unpack(state: dict[str, Any]) -> tuple[Position, Progress]:
-    return Position(**state["position"]), Progress(**state["progress"])
+def unpack(state: dict[str, Any]) -> tuple[Position, RunRecord]:
+    return Position(**state["position"]), RunRecord(**state["progress"])
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:

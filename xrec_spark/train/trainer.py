@@ -27,7 +27,7 @@ from xrec_spark.model.towers import CrossCategoryModel, ModelSizes
 from xrec_spark.model.transfer import phase_categories, phase_param_groups
 from xrec_spark.train import ranks
 from xrec_spark.train.checkpoints import (
-    Position, Progress as RunProgress, RunPaths, load_state, pack, rng_state, save_state, set_rng_state, unpack)
+    Position, RunPaths, RunRecord, load_state, pack, rng_state, save_state, set_rng_state, unpack)
 from xrec_spark.train.batching import batches, mix_seed, prefetched, steps_for, to_tensors
 from xrec_spark.train.loader import open_loader, read_pinned
 from xrec_spark.train.progress import Progress
@@ -120,7 +120,7 @@ class Trainer:
             if isinstance(gen, torch.Generator) and f"generator:{name}" in saved:
                 gen.set_state(saved[f"generator:{name}"])
 
-    def _checkpoint(self, pos: Position, prog: RunProgress, optimizer: Any = None, scheduler: Any = None) -> None:
+    def _checkpoint(self, pos: Position, prog: RunRecord, optimizer: Any = None, scheduler: Any = None) -> None:
         """Write state.pt on rank 0 (all ranks call this: it gathers every rank's RNG state)."""
         # Per rank: RNG streams and the epoch's running loss sums (each rank saw other rows).
         per_rank = ranks.gather_to_zero(self.info, {"rng": self._rng(), "loss_sum": pos.loss_sum, "rows": pos.rows})
@@ -135,13 +135,13 @@ class Trainer:
 
         ranks.on_rank_zero(self.info, write)
 
-    def _restore(self) -> tuple[Position, RunProgress, dict[str, Any] | None]:
+    def _restore(self) -> tuple[Position, RunRecord, dict[str, Any] | None]:
         exists = self.paths.state.is_file()
         if self.spec.resume == "require" and not exists:
             raise ValueError(f"resume requested but run {self.spec.run_id} has no checkpoint at "
                              f"{self.paths.state}; run without --resume to start it")
         if self.spec.resume == "never" or not exists:
-            return Position(), RunProgress(), None
+            return Position(), RunRecord(), None
         state = load_state(self.paths.state)
         if state.get("run_id") != self.spec.run_id:
             raise ValueError(f"{self.paths.state} belongs to run {state.get('run_id')}, not {self.spec.run_id}")
@@ -181,7 +181,7 @@ class Trainer:
             self._checkpoint(pos, prog)
         return ranks.broadcast_from_zero(self.info, self._summary(prog, pos))
 
-    def _run_phase(self, p: int, phase: PhaseConfig, loader: Any, pos: Position, prog: RunProgress,
+    def _run_phase(self, p: int, phase: PhaseConfig, loader: Any, pos: Position, prog: RunRecord,
                    state: dict[str, Any] | None) -> Position:
         sources, targets = self.spec.source_categories, self.spec.target_categories
         groups = phase_param_groups(self.model, self.loss, phase.name, phase.lr, phase.shared_lr_scale,
@@ -225,7 +225,7 @@ class Trainer:
         return pos
 
     def _run_epoch(self, phase: PhaseConfig, epoch: int, shard: Any, steps: int, pos: Position,
-                   prog: RunProgress, net: nn.Module, optimizer: Any, scheduler: Any, params: list,
+                   prog: RunRecord, net: nn.Module, optimizer: Any, scheduler: Any, params: list,
                    cats: Tensor) -> Position:
         first = pos.step if pos.epoch == epoch else 0
         if first == 0:
@@ -289,7 +289,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ epoch end
 
-    def _end_epoch(self, phase: PhaseConfig, epoch: int, pos: Position, prog: RunProgress) -> tuple[dict, bool]:
+    def _end_epoch(self, phase: PhaseConfig, epoch: int, pos: Position, prog: RunRecord) -> tuple[dict, bool]:
         loss_sum, rows, wait = ranks.sum_over_ranks(self.info, [pos.loss_sum, pos.rows, self._wait])
         record = {"phase": phase.name, "epoch": epoch + 1, "global_step": pos.global_step,
                   "loss": loss_sum / max(rows, 1.0), "rows": rows, "seconds": pos.seconds,
@@ -326,7 +326,7 @@ class Trainer:
                 "input_versions": self.spec.input_versions(), "valid_metric": metric,
                 "metric_name": self.metric_name, "target_categories": list(self.spec.target_categories)}
 
-    def _summary(self, prog: RunProgress, pos: Position) -> dict[str, Any]:
+    def _summary(self, prog: RunRecord, pos: Position) -> dict[str, Any]:
         history = prog.history
         metrics: dict[str, float] = {"steps": float(pos.global_step), "epochs": float(len(history))}
         if history:
