@@ -140,20 +140,20 @@ def main() -> int:
     lake = Lakehouse(spark, cfg.lakehouse.root)
     t0 = time.perf_counter()
     write_tables(spark, lake, args.rows, args.users, args.items, args.categories, 20, seed=1)
-    print(f"tables: {args.rows:,} training rows in 8 files under {root} ({time.perf_counter() - t0:.0f}s)")
+    print(f"tables: {args.rows:,} training rows in 8 files under {root} ({time.perf_counter() - t0:.0f}s)", flush=True)
     from xrec_spark.train.launch import build_spec
 
     spec = build_spec(cfg, lake, resume="never")
     a, rows_a = in_memory(spec, cfg, steps_cap=args.rows // args.batch_size)
-    print(f"load average {os.getloadavg()[0]:.1f}; batch {args.batch_size}; model {BENCH_MODEL}")
-    print(f"(a) in-memory tensors, 1 process         : {a:10,.0f} samples/s  ({rows_a:,} rows)")
+    print(f"load average {os.getloadavg()[0]:.1f}; batch {args.batch_size}; model {BENCH_MODEL}", flush=True)
+    print(f"(a) in-memory tensors, 1 process         : {a:10,.0f} samples/s  ({rows_a:,} rows)", flush=True)
     for loader in [x.strip() for x in args.loaders.split(",") if x.strip()]:
         b, wall_b = full_path(cfg, lake, 1, loader)
         c, wall_c = full_path(cfg, lake, 2, loader)
-        print(f"(b) {loader:9s} full path, 1 process    : {b:10,.0f} samples/s  (launch wall {wall_b:.0f}s)")
-        print(f"(c) {loader:9s} full path, 2 processes  : {c:10,.0f} samples/s  (launch wall {wall_c:.0f}s)")
-        print(f"    {loader:9s} b/a = {b / a:.2f}   c/b = {c / b:.2f}")
-    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+        print(f"(b) {loader:9s} full path, 1 process    : {b:10,.0f} samples/s  (launch wall {wall_b:.0f}s)", flush=True)
+        print(f"(c) {loader:9s} full path, 2 processes  : {c:10,.0f} samples/s  (launch wall {wall_c:.0f}s)", flush=True)
+        print(f"    {loader:9s} b/a = {b / a:.2f}   c/b = {c / b:.2f}", flush=True)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}", flush=True)
     return 0
 
 

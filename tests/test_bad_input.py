@@ -15,6 +15,8 @@ import math
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
@@ -99,9 +101,9 @@ def _zero_rows(d):
 
 # (make input, error message pattern)
 FAILURES = {
-    "corrupt parquet pages": (_corrupt, r"corrupt\.parquet|reading failed"),
+    "corrupt parquet pages": (_corrupt, r"reading failed: .*corrupt\.parquet"),
     "truncated parquet footer": (_truncated, r"truncated\.parquet"),
-    "corrupt file next to a good one": (_corrupt_next_to_good, r"part-1\.parquet"),
+    "corrupt file next to a good one": (_corrupt_next_to_good, r"reading failed: .*part-1\.parquet"),
     "renamed column": (_renamed, r"has no column\(s\) rating \(found: user_id, item_id, event_ts, score, category\)"),
     "missing column": (_missing, r"has no column\(s\) event_ts"),
     "parquet with no rows": (_zero_rows, r"has no rows"),
@@ -134,9 +136,16 @@ def test_new_column_is_ignored(spark, stored, tmp_path):
 def test_nan_and_inf_are_quarantined(spark, tmp_path):
     """NaN, +inf, -inf ratings are out of range; a NaN epoch timestamp cannot be parsed."""
     frame = _frame(7)
-    frame["rating"] = [4.0, math.nan, math.inf, -math.inf, 3.0, 2.0, 5.0]
-    frame["event_ts"] = [1_577_836_800.0 + 86_400 * k for k in range(6)] + [math.nan]
-    path = _write(frame, tmp_path / "nan.parquet")
+    # Written with pyarrow from plain lists: pandas' to_parquet would turn NaN into null.
+    table = pa.table({
+        "user_id": list(frame["user_id"]), "item_id": list(frame["item_id"]),
+        "event_ts": [1_577_836_800.0 + 86_400 * k for k in range(6)] + [math.nan],
+        "rating": [4.0, math.nan, math.inf, -math.inf, 3.0, 2.0, 5.0],
+        "category": list(frame["category"]),
+    })
+    assert table.column("rating").null_count == 0  # real NaN, not null
+    path = tmp_path / "nan.parquet"
+    pq.write_table(table, path)
     cfg = _cfg(tmp_path, path)
     lakehouse = Lakehouse(spark, cfg.lakehouse.root)
     summary = run_ingest(spark, lakehouse, cfg, run_id="nan")

@@ -33,7 +33,7 @@ CIAO_INGEST = {"events": {"path": str(CIAO_SAMPLE), "format": "parquet",
 # Tiny and fast: 2 shuffle partitions, 2 negatives per positive, 4 training files.
 SECTIONS = {"ingest": CIAO_INGEST,
             "features": {"negatives": {"per_positive": 2}, "training_files": 4, "history_length": 5}}
-SUBMIT_TIMEOUT = 600
+SUBMIT_TIMEOUT = 1200  # generous: a busy 2-core machine runs features in ~10 min
 # Columns that name the run rather than the data (differ between any two runs).
 RUN_COLUMNS = {"ingest_run_id", "ingested_at", "run_id", "quarantined_at", "updated_at"}
 COMPARED: tuple[TableSpec, ...] = (BRONZE_EVENTS, BRONZE_ITEMS, BRONZE_QUARANTINE, *FEATURE_TABLES)

@@ -30,7 +30,7 @@ from xrec_spark.ingest.run import run_ingest
 from xrec_spark.tables import BRONZE_EVENTS, Lakehouse
 from standalone import standalone_cluster
 
-JOB_TIMEOUT = 600
+JOB_TIMEOUT = 1200
 
 
 @pytest.fixture(scope="module")

@@ -97,7 +97,7 @@ def _reason_counts(classified: DataFrame, what: str) -> tuple[int, dict[str | No
         rows = (classified.groupBy("reason")
                 .agg(F.count(F.lit(1)).alias("n"), F.countDistinct("item_id").alias("items")).collect())
     except (PySparkException, Py4JJavaError) as e:
-        raise SourceReadError(f"{what}: reading failed: {str(e).strip().splitlines()[0][:500]}") from e
+        raise SourceReadError(f"{what}: reading failed: {str(getattr(e, 'java_exception', e)).strip().splitlines()[0][:800]}") from e
     counts = {r["reason"]: int(r["n"]) for r in rows}
     total = sum(counts.values())
     if total == 0:
