@@ -122,6 +122,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--loaders", default="petastorm,arrow")
     parser.add_argument("--root", default=None, help="lakehouse root (default: a temporary directory)")
+    parser.add_argument("--reuse", action="store_true", help="keep the tables already under --root")
     args = parser.parse_args()
 
     from xrec_spark.config import build_config
@@ -139,12 +140,16 @@ def main() -> int:
     spark.sparkContext.setLogLevel("ERROR")
     lake = Lakehouse(spark, cfg.lakehouse.root)
     t0 = time.perf_counter()
-    write_tables(spark, lake, args.rows, args.users, args.items, args.categories, 20, seed=1)
-    print(f"tables: {args.rows:,} training rows in 8 files under {root} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    from xrec_spark.tables import TRAINING_EXAMPLES
+
+    if not (args.reuse and lake.exists(TRAINING_EXAMPLES)):
+        write_tables(spark, lake, args.rows, args.users, args.items, args.categories, 20, seed=1)
+    rows = lake.read(TRAINING_EXAMPLES).count()
+    print(f"tables: {rows:,} training rows in 8 files under {root} ({time.perf_counter() - t0:.0f}s)", flush=True)
     from xrec_spark.train.launch import build_spec
 
     spec = build_spec(cfg, lake, resume="never")
-    a, rows_a = in_memory(spec, cfg, steps_cap=args.rows // args.batch_size)
+    a, rows_a = in_memory(spec, cfg, steps_cap=rows // args.batch_size)
     print(f"load average {os.getloadavg()[0]:.1f}; batch {args.batch_size}; model {BENCH_MODEL}", flush=True)
     print(f"(a) in-memory tensors, 1 process         : {a:10,.0f} samples/s  ({rows_a:,} rows)", flush=True)
     for loader in [x.strip() for x in args.loaders.split(",") if x.strip()]:

@@ -13,22 +13,21 @@ import shutil
 import signal
 import subprocess
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from conftest import CIAO_SAMPLE, make_config
-from standalone import _spawn, free_port
+from standalone import _spawn, free_port, standalone_cluster
 from test_cluster import (
-    CIAO_INGEST, COMPARED, SECTIONS, assert_same_tables, local_reference, start_submit, write_job_config,
+    CIAO_INGEST, SECTIONS, assert_same_tables, local_reference, start_submit, write_job_config,
 )
 from xrec_spark.features.build import OUTPUTS as FEATURE_TABLES
 from xrec_spark.ingest.run import run_ingest
 from xrec_spark.tables import BRONZE_EVENTS, Lakehouse
-from standalone import standalone_cluster
 
 JOB_TIMEOUT = 1200
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
+from datetime import datetime, timezone
 
 import pandas as pd
 import pyarrow as pa
@@ -13,20 +15,31 @@ import pytest
 from pyspark.sql import functions as F
 
 from conftest import make_config
+from xrec_spark.ingest.readers import read_source
 from xrec_spark.ingest.run import run_ingest
-from xrec_spark.tables import BRONZE_EVENTS, BRONZE_ITEMS, BRONZE_QUARANTINE, Lakehouse
+from xrec_spark.ingest.validate import classify_events
+from xrec_spark.tables import BRONZE_EVENTS, BRONZE_ITEMS, Lakehouse
 
 
-def _reasons(lakehouse: Lakehouse) -> dict[str, int]:
-    rows = lakehouse.read(BRONZE_QUARANTINE).groupBy("reason").count().collect()
-    return {r["reason"]: r["count"] for r in rows}
+def classified(spark, cfg) -> list:
+    """Read and validate the configured events (no table writes: that path is format-independent
+    and covered by test_ingest.py); rows of ``classify_events`` as dicts."""
+    source = cfg.ingest.events
+    required = [c for c in source.columns.model_dump().values() if c]
+    raw, _, _ = read_source(spark, source.path, source.format, source.csv, "ingest.events.path", required)
+    rows = classify_events(raw, source, cfg.ingest, datetime.now(timezone.utc))
+    # formatted by Spark in the session time zone (UTC), not by Python in the machine's
+    rows = rows.withColumn("event_ts", F.date_format("event_ts", "yyyy-MM-dd HH:mm:ss"))
+    return [r.asDict() for r in rows.collect()]
 
 
-def _events(lakehouse: Lakehouse) -> set[tuple]:
-    return {(r["user_id"], r["item_id"], r["event_type"], r["ts"], r["value"]) for r in
-            lakehouse.read(BRONZE_EVENTS).select(
-                "user_id", "item_id", "event_type", F.date_format("event_ts", "yyyy-MM-dd HH:mm:ss").alias("ts"),
-                "value").collect()}
+def _accepted(rows) -> set[tuple]:
+    return {(r["user_id"], r["item_id"], r["event_type"], r["event_ts"], r["value"])
+            for r in rows if r["reason"] is None}
+
+
+def _reasons(rows) -> dict[str, int]:
+    return dict(Counter(r["reason"] for r in rows if r["reason"] is not None))
 
 
 def test_parquet_typed_columns(spark, tmp_path):
@@ -42,17 +55,15 @@ def test_parquet_typed_columns(spark, tmp_path):
     cfg = make_config(tmp_path / "lakehouse", ingest={"events": {
         "path": str(tmp_path / "events.parquet"), "ts_unit": "millis", "default_event_type": "click",
         "columns": {"user_id": "uid", "item_id": "iid", "event_ts": "ts_ms", "value": "score"}}})
-    lakehouse = Lakehouse(spark, cfg.lakehouse.root)
-    summary = run_ingest(spark, lakehouse, cfg)
-    assert (summary.rows_read, summary.accepted_events, summary.inserted_events) == (8, 3, 3)
-    assert summary.quarantined == {"missing id": 1, "timestamp out of range": 1, "value out of range": 3}
-    assert _reasons(lakehouse) == summary.quarantined
-    assert _events(lakehouse) == {("1", "a", "click", "2020-01-01 12:00:00", 1.0),
-                                  ("2", "b", "click", "2020-01-02 12:00:00", 2.0),
-                                  ("8", "b", "click", "2020-01-03 12:00:00", 2.0)}
-    raws = {json.loads(r["raw"])["uid"]: r["raw"] for r in lakehouse.read(BRONZE_QUARANTINE).collect()
-            if "uid" in json.loads(r["raw"])}
-    assert json.loads(raws[3])["score"] == "NaN"  # the source row as JSON, typed values kept
+    rows = classified(spark, cfg)
+    assert len(rows) == 8
+    assert _reasons(rows) == {"missing id": 1, "timestamp out of range": 1, "value out of range": 3}
+    assert _accepted(rows) == {("1", "a", "click", "2020-01-01 12:00:00", 1.0),
+                               ("2", "b", "click", "2020-01-02 12:00:00", 2.0),
+                               ("8", "b", "click", "2020-01-03 12:00:00", 2.0)}
+    nan_row = next(r for r in rows if r["item_id"] == "c")
+    assert nan_row["reason"] == "value out of range"
+    assert json.loads(nan_row["raw"]) == {"uid": 3, "iid": "c", "ts_ms": ms, "score": "NaN"}  # typed source row
 
 
 JSON_A = [
@@ -80,19 +91,19 @@ def test_json_lines_by_glob(spark, tmp_path):
     cfg = make_config(tmp_path / "lakehouse", ingest={"events": {
         "path": str(tmp_path / "*.jsonl"), "ts_format": "yyyy-MM-dd'T'HH:mm:ss",
         "columns": {"user_id": "user", "item_id": "item", "event_ts": "ts", "value": "v", "event_type": "type"}}})
-    lakehouse = Lakehouse(spark, cfg.lakehouse.root)
-    summary = run_ingest(spark, lakehouse, cfg)
-    assert (summary.rows_read, summary.accepted_events) == (8, 3)
-    assert summary.quarantined == {"malformed line": 1, "missing id": 1, "value out of range": 1,
-                                   "unknown event type": 1, "duplicate within batch": 1}
-    assert _events(lakehouse) == {("\u00fc1", "x1", "purchase", "2020-01-01 12:00:00", 3.0),
-                                  ("u4", "x4", "view", "2020-01-04 10:00:00", None),
-                                  ("u5", "x5", "click", "2020-01-05 10:00:00", 1.5)}
-    rows = {r["reason"]: r for r in lakehouse.read(BRONZE_QUARANTINE).collect()}
+    rows = classified(spark, cfg)
+    assert len(rows) == 8
+    assert _reasons(rows) == {"malformed line": 1, "missing id": 1, "value out of range": 1,
+                              "unknown event type": 1, "duplicate within batch": 1}
+    assert _accepted(rows) == {("\u00fc1", "x1", "purchase", "2020-01-01 12:00:00", 3.0),
+                               ("u4", "x4", "view", "2020-01-04 10:00:00", None),
+                               ("u5", "x5", "click", "2020-01-05 10:00:00", 1.5)}
+    by_reason = {r["reason"]: r for r in rows}
     # the first copy (file order a < b) is kept, the second quarantined
-    assert rows["duplicate within batch"]["source"].endswith("/b.jsonl")
-    assert rows["malformed line"]["raw"] == "{not json"
-    assert lakehouse.read(BRONZE_EVENTS).where(F.col("user_id") == "\u00fc1").first()["source"].endswith("/a.jsonl")
+    assert by_reason["duplicate within batch"]["source"].endswith("/b.jsonl")
+    assert by_reason[None]["source"].endswith(".jsonl")
+    assert next(r for r in rows if r["user_id"] == "\u00fc1" and r["reason"] is None)["source"].endswith("/a.jsonl")
+    assert by_reason["malformed line"]["raw"] == "{not json"
 
 
 ITEM_COLUMNS = {"item_id": "item_id", "category": "genres", "title": "title", "text": None, "price": "price"}

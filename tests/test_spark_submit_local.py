@@ -33,7 +33,7 @@ def test_spark_submit_ingest_on_ciao_sample(spark, tmp_path):
            "--jars", ",".join(str(j.resolve()) for j in jars),
            "--conf", "spark.ui.enabled=false", "--conf", "spark.sql.shuffle.partitions=2",
            "jobs/ingest.py", "--config", str(config)]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     expected, accepted = pandas_hand_count(CIAO_SAMPLE)

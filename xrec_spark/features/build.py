@@ -242,7 +242,7 @@ def build_features(spark: SparkSession, lakehouse: Lakehouse, cfg: JobConfig, to
     try:
         negatives = sample_negatives(positives, pools, affinity, fcfg.negatives, fcfg.seed)
         examples = training_examples(positives_with_history(positives, fcfg.history_length), negatives,
-                                     fcfg.training_files, fcfg.seed)
+                                     fcfg.training_files)
         lakehouse.overwrite(TRAINING_EXAMPLES, examples, job=JOB)
     finally:
         pools.unpersist()

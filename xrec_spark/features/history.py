@@ -63,7 +63,8 @@ def positives_with_history(positives: DataFrame, length: int) -> DataFrame:
         ``user_idx, item_idx, category_idx, ts, weight, history``.
     """
     _check_length(length)
-    groups = positives.groupBy("user_idx", "ts").agg(
+    # One shuffle by user serves both the (user, ts) grouping and the per-user window.
+    groups = positives.repartition("user_idx").groupBy("user_idx", "ts").agg(
         F.collect_list(F.struct("item_idx", "category_idx", "weight")).alias("rows"),
         F.slice(F.sort_array(F.collect_list("item_idx"), asc=False), 1, length).alias("items"))
     frame = Window.partitionBy("user_idx").orderBy("ts").rowsBetween(-length, -1)

@@ -168,31 +168,34 @@ def sample_negatives(positives: DataFrame, pools: DataFrame, affinity: DataFrame
     return accepted.unionByName(best)
 
 
-def training_examples(positives_with_history: DataFrame, negatives: DataFrame, files: int, seed: int) -> DataFrame:
+def training_examples(positives_with_history: DataFrame, negatives: DataFrame, files: int) -> DataFrame:
     """Positives (label 1) and their negatives (label 0), each with the positive's history.
+
+    Rows are hash-partitioned on (user, positive item) into ``files`` partitions (one file
+    each), so a positive and its negatives share a file. The narrow rows are shuffled once and
+    joined with the histories shuffled the same way: each history array crosses the network once
+    per positive, not once per example. Within a file rows are ordered by that key; readers
+    shuffle (petastorm: shuffled row groups plus its shuffling queue).
 
     Args:
         positives_with_history: ``user_idx, item_idx, category_idx, weight, history``.
         negatives: output of :func:`sample_negatives`.
         files: number of output partitions (files of the table).
-        seed: seed of the hash that spreads rows over the files.
 
     Returns:
         silver.training_examples columns ``user_idx, item_idx, category_idx, label (float),
-        weight (float), history``, hash-partitioned into ``files`` partitions.
+        weight (float), history``.
     """
     if files < 1:
         raise ValueError(f"features.training_files must be >= 1, got {files}")
+    keys = ["user_idx", "pos_item_idx"]
+    rows = (negatives.select(*keys, "item_idx", "category_idx", F.lit(0.0).alias("label"), "weight")
+            .unionByName(positives_with_history.select(
+                "user_idx", F.col("item_idx").alias("pos_item_idx"), "item_idx", "category_idx",
+                F.lit(1.0).alias("label"), "weight")))
     history = positives_with_history.select("user_idx", F.col("item_idx").alias("pos_item_idx"), "history")
-    # Sort-merge, never broadcast: the history side holds a whole array per positive, and
-    # size estimates from compressed Parquet would let the planner broadcast it.
-    neg = (negatives.join(history.hint("merge"), ["user_idx", "pos_item_idx"])
-           .select("user_idx", "item_idx", "category_idx", F.lit(0.0).alias("label"), "weight", "history",
-                   F.col("pos_item_idx"), "slot"))
-    pos = positives_with_history.select("user_idx", "item_idx", "category_idx", F.lit(1.0).alias("label"),
-                                        "weight", "history", F.col("item_idx").alias("pos_item_idx"),
-                                        F.lit(-1).alias("slot"))
-    spread = F.xxhash64(F.lit(seed), F.lit("file"), "user_idx", "pos_item_idx", "slot")
-    return (pos.unionByName(neg).repartition(files, spread)
-            .select("user_idx", "item_idx", "category_idx", F.col("label").cast("float").alias("label"),
-                    F.col("weight").cast("float").alias("weight"), "history"))
+    # Sort-merge, never broadcast: the history side holds an array per positive, and size
+    # estimates from compressed Parquet could let the planner broadcast it.
+    joined = rows.repartition(files, *keys).join(history.repartition(files, *keys).hint("merge"), keys)
+    return joined.select("user_idx", "item_idx", "category_idx", F.col("label").cast("float").alias("label"),
+                         F.col("weight").cast("float").alias("weight"), "history")

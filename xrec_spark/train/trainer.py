@@ -159,8 +159,8 @@ class Trainer:
                         self.info.world_size)
             pos.step, pos.loss_sum, pos.rows, pos.seconds = 0, 0.0, 0.0, 0.0
         if self.info.is_zero:
-            log.info("resuming run %s from its checkpoint at phase %d epoch %d step %d (global step %d)", self.spec.run_id,
-                     pos.phase, pos.epoch, pos.step, pos.global_step)
+            log.info("resuming run %s from its checkpoint at phase %d epoch %d step %d (global step %d)",
+                     self.spec.run_id, pos.phase, pos.epoch, pos.step, pos.global_step)
         return pos, prog, state
 
     # ------------------------------------------------------------------ loop
