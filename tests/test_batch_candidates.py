@@ -15,7 +15,7 @@ from xrec_spark.batch import search
 from xrec_spark.batch.candidates import popularity_candidates, search_recall, top_k_candidates
 from xrec_spark.batch.generate import generate_candidates
 from xrec_spark.batch.pairs import category_ids, user_category_pairs
-from xrec_spark.tables import CANDIDATES, CATEGORY_INDEX, JOB_LOG, USER_CATEGORY_AFFINITY, USER_INDEX
+from xrec_spark.tables import CANDIDATES, CATEGORY_INDEX, JOB_LOG, USER_CATEGORY_AFFINITY, USER_INDEX, Lakehouse
 
 CAND_SCHEMA = "user_idx int, category_idx int, rank int, item_idx int, score double"
 
@@ -150,57 +150,69 @@ def test_top_k_candidates_names_missing_and_mistyped_columns(spark):
 # ------------------------------------------------------------------------------ pairs and the job
 
 
-def test_user_category_pairs_top_n_plus_targets(lakehouse):
-    write_silver(lakehouse)
-    targets = category_ids(lakehouse.read(CATEGORY_INDEX), ["games"])
+@pytest.fixture(scope="module")
+def world(spark, tmp_path_factory):
+    """One lakehouse with the hand-made silver tables and embeddings of model m1 (tests below
+    write candidates for dates of their own)."""
+    root = tmp_path_factory.mktemp("batch_world")
+    lake = Lakehouse(spark, str(root))
+    write_silver(lake)
+    write_hand_embeddings(lake, "m1")
+    return lake, root
+
+
+def _on(lake, day):
+    return lake.read(CANDIDATES).where(F.col("run_date") == F.lit(day))
+
+
+def test_user_category_pairs_top_n_plus_targets(world):
+    lake, _ = world
+    targets = category_ids(lake.read(CATEGORY_INDEX), ["games"])
     assert targets == [3]
-    pairs = user_category_pairs(lakehouse.read(USER_INDEX), lakehouse.read(USER_CATEGORY_AFFINITY), 1, targets)
+    pairs = user_category_pairs(lake.read(USER_INDEX), lake.read(USER_CATEGORY_AFFINITY), 1, targets)
     assert {(r.user_idx, r.category_idx) for r in pairs.collect()} == WANTED_PAIRS
     assert pairs.count() == len(WANTED_PAIRS)
     with pytest.raises(ValueError, match=r"unknown categories \['toys'\]"):
-        category_ids(lakehouse.read(CATEGORY_INDEX), ["games", "toys"])
+        category_ids(lake.read(CATEGORY_INDEX), ["games", "toys"])
 
 
-def test_generate_candidates_model_fallback_and_idempotent_rerun(lakehouse, lakehouse_root):
-    write_silver(lakehouse)
-    write_hand_embeddings(lakehouse, "m1")
-    cfg = make_config(lakehouse_root, batch=BATCH, features=FEATURES)
+def test_generate_candidates_model_fallback_and_idempotent_rerun(world):
+    lake, root = world
+    cfg = make_config(root, batch=BATCH, features=FEATURES)
     day = date(2024, 5, 1)
-    result = generate_candidates(lakehouse, cfg, day, model_version="m1")
-    spark = lakehouse.spark
+    result = generate_candidates(lake, cfg, day, model_version="m1")
+    spark = lake.spark
     expected = spark.createDataFrame(
         [(day, u, c, r, i, s, src, "m1" if src == "model" else None) for u, c, r, i, s, src in EXPECTED],
         CANDIDATES.schema)
-    assert_same_rows(lakehouse.read(CANDIDATES), expected)
+    assert_same_rows(_on(lake, day), expected)
     assert (result.rows, result.model_pairs, result.fallback_pairs) == (len(EXPECTED), 8, 1)
 
     # No candidate is an item the user has already seen.
     seen = spark.createDataFrame(SEEN, "user_idx int, item_idx int")
-    assert lakehouse.read(CANDIDATES).join(seen, ["user_idx", "item_idx"]).count() == 0
+    assert _on(lake, day).join(seen, ["user_idx", "item_idx"]).count() == 0
 
     # Re-running the date replaces its rows; another date adds its own.
-    generate_candidates(lakehouse, cfg, day, model_version="m1")
-    assert lakehouse.read(CANDIDATES).count() == len(EXPECTED)
-    generate_candidates(lakehouse, cfg, date(2024, 5, 2), model_version="m1")
-    assert lakehouse.read(CANDIDATES).groupBy("run_date").count().orderBy("run_date").collect()[1]["count"] \
-        == len(EXPECTED)
-    logged = lakehouse.read(JOB_LOG).where(F.col("job") == "generate_candidates").select("run_key").collect()
-    assert sorted(r.run_key for r in logged) == ["2024-05-01", "2024-05-01", "2024-05-02"]
+    generate_candidates(lake, cfg, day, model_version="m1")
+    assert _on(lake, day).count() == len(EXPECTED)
+    generate_candidates(lake, cfg, date(2024, 5, 2), model_version="m1")
+    assert _on(lake, date(2024, 5, 2)).count() == _on(lake, day).count() == len(EXPECTED)
+    logged = lake.read(JOB_LOG).where(F.col("job") == "generate_candidates").select("run_key").collect()
+    assert sorted(r.run_key for r in logged if r.run_key.startswith("2024-05-0")) == [
+        "2024-05-01", "2024-05-01", "2024-05-02"]
 
 
-def test_generate_candidates_without_exclusion_proposes_seen_items(lakehouse, lakehouse_root):
-    write_silver(lakehouse)
-    write_hand_embeddings(lakehouse, "m1")
-    cfg = make_config(lakehouse_root, batch={**BATCH, "exclude_seen": False}, features=FEATURES)
-    generate_candidates(lakehouse, cfg, date(2024, 5, 1), model_version="m1")
-    top = {(r.user_idx, r.category_idx): r.item_idx
-           for r in lakehouse.read(CANDIDATES).where("rank = 1").collect()}
+def test_generate_candidates_without_exclusion_proposes_seen_items(world):
+    lake, root = world
+    cfg = make_config(root, batch={**BATCH, "exclude_seen": False}, features=FEATURES)
+    day = date(2024, 6, 1)
+    generate_candidates(lake, cfg, day, model_version="m1")
+    top = {(r.user_idx, r.category_idx): r.item_idx for r in _on(lake, day).where("rank = 1").collect()}
     assert top[(1, 1)] == 3 and top[(3, 3)] == 9  # the seen best items come back
 
 
-def test_generate_candidates_refuses_a_model_without_embeddings(lakehouse, lakehouse_root):
-    write_silver(lakehouse)
-    write_hand_embeddings(lakehouse, "m1")
-    cfg = make_config(lakehouse_root, batch=BATCH, features=FEATURES)
+def test_generate_candidates_refuses_a_model_without_embeddings(world):
+    lake, root = world
+    cfg = make_config(root, batch=BATCH, features=FEATURES)
     with pytest.raises(RuntimeError, match="model m2 has no rows in gold.item_embeddings"):
-        generate_candidates(lakehouse, cfg, date(2024, 5, 1), model_version="m2")
+        generate_candidates(lake, cfg, date(2024, 7, 1), model_version="m2")

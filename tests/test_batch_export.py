@@ -1,6 +1,6 @@
 """Embedding export with a real (tiny) model, and the candidates built from it."""
 
-from datetime import date
+from datetime import date, datetime
 
 import numpy as np
 import pandas as pd
@@ -114,23 +114,16 @@ def test_export_matches_model_scores_covers_cold_items_and_is_idempotent(lakehou
     expected_top = sorted((i for i in (7, 8, 9)), key=lambda i: -float(user_vec[(1, 3)] @ item_vec[(i,)]))[:2]
     assert [line.split()[2] for line in lines[1:]] == [f"i{i}" for i in expected_top]
 
-
-def test_second_model_version_keeps_the_first(lakehouse, lakehouse_root, tiny_model, tmp_path):
-    model, path = tiny_model
-    write_silver(lakehouse)
-    write_run(lakehouse, "m1", path)
-    cfg = make_config(lakehouse_root, batch=BATCH, features=FEATURES)
-    export_embeddings(lakehouse, cfg)
+    # A newer model (latest by finished_at) is exported next to the first, which stays.
     other = CrossCategoryModel(MODEL.model_copy(update={"seed": 4}), SIZES, _content(8))
-    save_model(tmp_path / "m2.pt", other, {"model_version": "m2"})
-    write_run(lakehouse, "m2", tmp_path / "m2.pt", finished=pd.Timestamp("2024-02-01").to_pydatetime())
-    assert export_embeddings(lakehouse, cfg).model_version == "m2"  # latest by finished_at
+    save_model(path.parent / "m2.pt", other, {"model_version": "m2"})
+    write_run(lakehouse, "m2", path.parent / "m2.pt", finished=datetime(2024, 2, 1))
+    assert export_embeddings(lakehouse, cfg).model_version == "m2"
     per_version = dict(lakehouse.read(ITEM_EMBEDDINGS).groupBy("model_version").count().collect())
     assert per_version == {"m1": 9, "m2": 9}
 
 
 def test_export_errors_name_what_is_missing(lakehouse, lakehouse_root, tmp_path):
-    write_silver(lakehouse)
     cfg = make_config(lakehouse_root, batch=BATCH, features=FEATURES)
     with pytest.raises(NoModelError, match="gold.runs does not exist"):
         export_embeddings(lakehouse, cfg)

@@ -210,12 +210,12 @@ def export_embeddings(lake: Lakehouse, cfg: JobConfig, model_version: str | None
     started = utc_now()
     run: ModelRun = model_run(lake, model_version)
     where = f"model_version = {sql_string(run.model_version, 'model_version')}"
+    checkpoint = read_checkpoint_bytes(run.checkpoint_path)
     inputs = lake.versions(INPUTS)
-    spark = lake.spark
-    sc = spark.sparkContext
+    sc = lake.spark.sparkContext
     features = lake.read(ITEM_FEATURES, inputs.get(ITEM_FEATURES.qualified))
     content = features.select(*CONTENT_COLUMNS).toArrow().to_pandas()
-    handle = ModelHandle(sc.broadcast(read_checkpoint_bytes(run.checkpoint_path)), sc.broadcast(content),
+    handle = ModelHandle(sc.broadcast(checkpoint), sc.broadcast(content),
                          uuid.uuid4().hex, export_device(cfg), int(sc.getConf().get("spark.task.cpus", "1")))
     try:
         items = item_embedding_rows(features, handle, run.model_version, cfg.batch.export_batch_size)

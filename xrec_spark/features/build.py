@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from xrec_spark.config import JobConfig
@@ -145,18 +145,27 @@ def _read_index(lakehouse: Lakehouse, spec: TableSpec) -> DataFrame:
     return lakehouse.spark.createDataFrame([], spec.schema)
 
 
-class _Stages:
-    """Wall time per stage (for the benchmark's events/s)."""
+class _Run:
+    """One build's lakehouse access, row counts and wall time per stage (for the benchmark)."""
 
-    def __init__(self) -> None:
+    def __init__(self, lakehouse: Lakehouse) -> None:
+        self.lakehouse = lakehouse
+        self.rows: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
         self._t = time.perf_counter()
 
-    def done(self, name: str) -> None:
+    def overwrite(self, spec: TableSpec, df: DataFrame) -> int:
+        """Replace a table's content; returns (and records) the rows written."""
+        self.lakehouse.overwrite(spec, df, job=JOB)
+        n = self.lakehouse.last_operation_metrics(spec).get("numOutputRows", 0)
+        self.rows[spec.qualified] = n
+        return n
+
+    def done(self, stage: str) -> None:
         now = time.perf_counter()
-        self.seconds[name] = round(now - self._t, 3)
+        self.seconds[stage] = round(now - self._t, 3)
         self._t = now
-        log.info("features: stage %s took %.1fs", name, self.seconds[name])
+        log.info("features: stage %s took %.1fs", stage, self.seconds[stage])
 
 
 def _extend_indexes(lakehouse: Lakehouse, pairs: DataFrame, items: DataFrame) -> dict[str, int]:
@@ -178,14 +187,16 @@ def _extend_indexes(lakehouse: Lakehouse, pairs: DataFrame, items: DataFrame) ->
     return added
 
 
-def _written(lakehouse: Lakehouse, spec: TableSpec) -> int:
-    return lakehouse.last_operation_metrics(spec).get("numOutputRows", 0)
-
-
 def build_features(spark: SparkSession, lakehouse: Lakehouse, cfg: JobConfig, top_pairs: int = 10) -> FeaturesSummary:
-    """Build (or skip, when inputs and config are unchanged) every silver table of the features job."""
+    """Build (or skip, when inputs and config are unchanged) every silver table of the features job.
+
+    Args:
+        spark: the session (the one ``lakehouse`` uses).
+        lakehouse: where bronze is read and silver / meta.job_log are written.
+        cfg: the job config; only ``cfg.features`` shapes the output.
+        top_pairs: how many category-transfer pairs the summary lists.
+    """
     started = datetime.now(timezone.utc)
-    fcfg = cfg.features
     input_versions = lakehouse.versions(INPUTS)
     if BRONZE_EVENTS.qualified not in input_versions:
         lakehouse.read(BRONZE_EVENTS)  # raises TableNotFoundError naming the table and what to run
@@ -196,68 +207,82 @@ def build_features(spark: SparkSession, lakehouse: Lakehouse, cfg: JobConfig, to
         log.info("features: bronze versions and config unchanged since run %s; nothing to do", previous.run_id)
         return replace(previous, skipped=True, stage_seconds={})
 
-    stages = _Stages()
+    run = _Run(lakehouse)
     events = lakehouse.read(BRONZE_EVENTS, version=input_versions[BRONZE_EVENTS.qualified])
     items = _items_table(lakehouse, input_versions.get(BRONZE_ITEMS.qualified))
     all_pairs = latest_pairs(resolve_categories(events, items)).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        counts = all_pairs.agg(F.sum(F.col("events")).alias("events"),
-                               F.sum(F.col("unknown_events")).alias("unknown"),
-                               F.count(F.col("category")).alias("pairs")).first()
+        counts = all_pairs.agg(F.sum("events").alias("events"), F.sum("unknown_events").alias("unknown"),
+                               F.count("category").alias("pairs")).first()
         pairs = all_pairs.where(F.col("category").isNotNull())
-        stages.done("pairs")
+        run.done("pairs")
         new_ids = _extend_indexes(lakehouse, pairs, items)
-        stages.done("indexes")
-
-        cutoffs = (resolve_cutoffs_config(fcfg.split)
-                   or Cutoffs.from_row(fraction_cutoffs(pairs, fcfg.split.valid_fraction,
-                                                        fcfg.split.test_fraction).first()))
-        users, item_index, categories = (lakehouse.read(s) for s in (USER_INDEX, ITEM_INDEX, CATEGORY_INDEX))
-        labelled = label_and_weight(index_pairs(pairs, users, item_index, categories), fcfg.positive_min_value,
-                                    fcfg.recency_half_life_days, cutoffs.valid_start_s)
-        lakehouse.overwrite(INTERACTIONS, assign_slices(assign_split(labelled, cutoffs)), job=JOB)
-        if _written(lakehouse, INTERACTIONS) != counts["pairs"]:
-            raise RuntimeError(f"silver.interactions: wrote {_written(lakehouse, INTERACTIONS)} rows for "
-                               f"{counts['pairs']} (user, item) pairs: an id is missing from an index; "
-                               "rebuild the indexes from bronze (delete silver.*_index) and re-run")
-        stages.done("interactions")
-
-        interactions = lakehouse.read(INTERACTIONS)
-        lakehouse.overwrite(USER_CATEGORY_AFFINITY, user_category_affinity(interactions), job=JOB)
-        affinity = lakehouse.read(USER_CATEGORY_AFFINITY)
-        lakehouse.overwrite(CATEGORY_TRANSFER, category_transfer(affinity), job=JOB)
-        stages.done("matrices")
-
-        features = item_features(item_index, categories, item_categories(pairs, items), item_text(items), interactions)
-        lakehouse.overwrite(ITEM_FEATURES, features, job=JOB)
-        stages.done("item_features")
+        run.done("indexes")
+        cutoffs = _build_interactions(run, cfg, pairs, int(counts["pairs"]))
+        _build_matrices(run)
+        run.overwrite(ITEM_FEATURES, item_features(
+            lakehouse.read(ITEM_INDEX), lakehouse.read(CATEGORY_INDEX), item_categories(pairs, items),
+            item_text(items), lakehouse.read(INTERACTIONS)))
+        run.done("item_features")
     finally:
         all_pairs.unpersist()
-    positives = train_positives(interactions)
-    lakehouse.overwrite(USER_HISTORY, user_history(positives, users, fcfg.history_length), job=JOB)
-    stages.done("user_history")
+    _build_examples(run, cfg)
+    summary = _summarise(run, cfg, input_versions, cutoffs, new_ids, counts, top_pairs)
+    row = [(JOB, summary.run_id, key, input_versions, summary.output_versions, summary.to_json(), started,
+            datetime.now(timezone.utc))]
+    lakehouse.append(JOB_LOG, lakehouse.spark.createDataFrame(row, JOB_LOG.schema), job=JOB)
+    return summary
 
+
+def _build_interactions(run: _Run, cfg: JobConfig, pairs: DataFrame, n_pairs: int) -> Cutoffs:
+    """Write silver.interactions; checks that every pair got its ids. Returns the cutoffs."""
+    fcfg, lakehouse = cfg.features, run.lakehouse
+    cutoffs = (resolve_cutoffs_config(fcfg.split)
+               or Cutoffs.from_row(fraction_cutoffs(pairs, fcfg.split.valid_fraction,
+                                                    fcfg.split.test_fraction).first()))
+    indexed = index_pairs(pairs, *(lakehouse.read(s) for s in (USER_INDEX, ITEM_INDEX, CATEGORY_INDEX)))
+    labelled = label_and_weight(indexed, fcfg.positive_min_value, fcfg.recency_half_life_days, cutoffs.valid_start_s)
+    written = run.overwrite(INTERACTIONS, assign_slices(assign_split(labelled, cutoffs)))
+    if written != n_pairs:
+        raise RuntimeError(f"silver.interactions: wrote {written} rows for {n_pairs} (user, item) pairs: an id "
+                           "is missing from an index; rebuild the indexes from bronze (delete the "
+                           "silver.*_index tables) and re-run")
+    run.done("interactions")
+    return cutoffs
+
+
+def _build_matrices(run: _Run) -> None:
+    run.overwrite(USER_CATEGORY_AFFINITY, user_category_affinity(run.lakehouse.read(INTERACTIONS)))
+    run.overwrite(CATEGORY_TRANSFER, category_transfer(run.lakehouse.read(USER_CATEGORY_AFFINITY)))
+    run.done("matrices")
+
+
+def _build_examples(run: _Run, cfg: JobConfig) -> None:
+    """Write silver.user_history and silver.training_examples."""
+    fcfg, lakehouse = cfg.features, run.lakehouse
+    positives = train_positives(lakehouse.read(INTERACTIONS))
+    run.overwrite(USER_HISTORY, user_history(positives, lakehouse.read(USER_INDEX), fcfg.history_length))
+    run.done("user_history")
     # The pools feed four broadcasts (first draws and redraws): computed once.
     pools = sampling_pools(lakehouse.read(ITEM_FEATURES), fcfg.negatives).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        negatives = sample_negatives(positives, pools, affinity, fcfg.negatives, fcfg.seed)
-        examples = training_examples(positives_with_history(positives, fcfg.history_length), negatives,
-                                     fcfg.training_files)
-        lakehouse.overwrite(TRAINING_EXAMPLES, examples, job=JOB)
+        negatives = sample_negatives(positives, pools, lakehouse.read(USER_CATEGORY_AFFINITY), fcfg.negatives,
+                                     fcfg.seed)
+        run.overwrite(TRAINING_EXAMPLES, training_examples(
+            positives_with_history(positives, fcfg.history_length), negatives, fcfg.training_files))
     finally:
         pools.unpersist()
-    stages.done("training_examples")
-
-    return _finish(lakehouse, cfg, key, started, input_versions, cutoffs, new_ids, counts, stages, top_pairs)
+    run.done("training_examples")
 
 
-def _finish(lakehouse: Lakehouse, cfg: JobConfig, key: str, started: datetime, input_versions: dict[str, int],
-            cutoffs: Cutoffs, new_ids: dict[str, int], counts, stages: _Stages, top_pairs: int) -> FeaturesSummary:
-    """Count, summarise and record the run in meta.job_log."""
-    row_counts = {spec.qualified: lakehouse.read(spec).count() for spec in OUTPUTS}
-    n_positives = (lakehouse.read(INTERACTIONS).where((F.col("split") == TRAIN) & (F.col("label") == 1)).count())
-    expected_negatives = n_positives * cfg.features.negatives.per_positive
-    empty_slots = expected_negatives - (row_counts[TRAINING_EXAMPLES.qualified] - n_positives)
+def _summarise(run: _Run, cfg: JobConfig, input_versions: dict[str, int], cutoffs: Cutoffs,
+               new_ids: dict[str, int], counts: Row, top_pairs: int) -> FeaturesSummary:
+    lakehouse = run.lakehouse
+    for spec in (USER_INDEX, ITEM_INDEX, CATEGORY_INDEX):
+        run.rows[spec.qualified] = lakehouse.read(spec).count()
+    row_counts = {spec.qualified: run.rows[spec.qualified] for spec in OUTPUTS}
+    n_positives = lakehouse.read(INTERACTIONS).where((F.col("split") == TRAIN) & (F.col("label") == 1)).count()
+    negatives = row_counts[TRAINING_EXAMPLES.qualified] - n_positives
     items_without_category = row_counts[ITEM_INDEX.qualified] - row_counts[ITEM_FEATURES.qualified]
     if items_without_category:
         log.warning("features: %d indexed items have no category in bronze any more; they are left out of "
@@ -266,16 +291,14 @@ def _finish(lakehouse: Lakehouse, cfg: JobConfig, key: str, started: datetime, i
                         float(r["p_dst_given_src"]), float(r["lift"]), float(r["score"]))
            for r in top_transfer_pairs(lakehouse.read(CATEGORY_TRANSFER), lakehouse.read(CATEGORY_INDEX),
                                        top_pairs).collect()]
-    stages.done("summary")
-    summary = FeaturesSummary(
+    output_versions = lakehouse.versions(OUTPUTS)
+    run.done("summary")
+    return FeaturesSummary(
         run_id=uuid.uuid4().hex, skipped=False, row_counts=row_counts, top_transfer=top,
-        input_versions=input_versions, output_versions=lakehouse.versions(OUTPUTS),
+        input_versions=input_versions, output_versions=output_versions,
         valid_start=cutoffs.valid_start.isoformat(), test_start=cutoffs.test_start.isoformat(),
-        new_ids=new_ids, events_read=int(counts["events"] or 0),
-        unknown_category_events=int(counts["unknown"] or 0), items_without_category=items_without_category,
-        train_positives=n_positives, empty_negative_slots=empty_slots, stage_seconds=stages.seconds,
+        new_ids=new_ids, events_read=int(counts["events"] or 0), unknown_category_events=int(counts["unknown"] or 0),
+        items_without_category=items_without_category, train_positives=n_positives,
+        empty_negative_slots=n_positives * cfg.features.negatives.per_positive - negatives,
+        stage_seconds=run.seconds,
     )
-    finished = datetime.now(timezone.utc)
-    row = [(JOB, summary.run_id, key, input_versions, summary.output_versions, summary.to_json(), started, finished)]
-    lakehouse.append(JOB_LOG, lakehouse.spark.createDataFrame(row, JOB_LOG.schema), job=JOB)
-    return summary
