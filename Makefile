@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JARS   := .cache/jars/.resolved
 
-.PHONY: setup demo test test-fast clean-lakehouse
+.PHONY: setup demo test test-fast test-cluster clean-lakehouse
 
 setup: $(STAMP) $(JARS)
 
@@ -25,8 +25,13 @@ $(JARS): $(STAMP)
 demo: setup
 	$(BIN)/xrec demo --config conf/local.yaml
 
+# Cluster tests (a standalone master + 2 workers on 127.0.0.1) are not yet verified end to
+# end, so they run on their own: `make test-cluster`.
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not cluster"
+
+test-cluster: setup
+	$(BIN)/pytest -m cluster
 
 test-fast: setup
 	$(BIN)/pytest -m "not slow and not cluster"

@@ -108,10 +108,6 @@ def built(spark, tmp_path_factory):
     return lakehouse, cfg, summary
 
 
-def _table(lakehouse: Lakehouse, spec) -> dict:
-    return lakehouse.read(spec)
-
-
 def test_indexes_follow_first_seen_then_id(built):
     lakehouse, _, summary = built
     users = {r["user_id"]: r["user_idx"] for r in lakehouse.read(USER_INDEX).collect()}

@@ -263,15 +263,18 @@ def _build_examples(run: _Run, cfg: JobConfig) -> None:
     positives = train_positives(lakehouse.read(INTERACTIONS))
     run.overwrite(USER_HISTORY, user_history(positives, lakehouse.read(USER_INDEX), fcfg.history_length))
     run.done("user_history")
-    # The pools feed four broadcasts (first draws and redraws): computed once.
-    pools = sampling_pools(lakehouse.read(ITEM_FEATURES), fcfg.negatives).persist(StorageLevel.MEMORY_AND_DISK)
+    pools = None
+    if fcfg.negatives.per_positive > 0:
+        # The pools feed four broadcasts (first draws and redraws): computed once.
+        pools = sampling_pools(lakehouse.read(ITEM_FEATURES), fcfg.negatives).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         negatives = sample_negatives(positives, pools, lakehouse.read(USER_CATEGORY_AFFINITY), fcfg.negatives,
                                      fcfg.seed)
         run.overwrite(TRAINING_EXAMPLES, training_examples(
             positives_with_history(positives, fcfg.history_length), negatives, fcfg.training_files))
     finally:
-        pools.unpersist()
+        if pools is not None:
+            pools.unpersist()
     run.done("training_examples")
 
 

@@ -123,14 +123,14 @@ def _draw(candidates: DataFrame, pools: DataFrame, seed: int) -> DataFrame:
 _SLOT_COLUMNS = ("user_idx", "pos_item_idx", "pos_category_idx", "weight", "slot", "strategy")
 
 
-def sample_negatives(positives: DataFrame, pools: DataFrame, affinity: DataFrame,
+def sample_negatives(positives: DataFrame, pools: DataFrame | None, affinity: DataFrame,
                      cfg: NegativesConfig, seed: int) -> DataFrame:
     """Negatives for every train positive (see the module docstring for the rules).
 
     Args:
         positives: train positives ``user_idx, item_idx, category_idx, weight``.
         pools: :func:`sampling_pools` of the same ``cfg`` (read several times: the caller
-            may persist it).
+            may persist it); may be None when ``per_positive`` is 0.
         affinity: ``user_idx, category_idx`` (used by ``cross_category`` only).
         cfg: negatives config.
         seed: sampling seed.
@@ -143,6 +143,9 @@ def sample_negatives(positives: DataFrame, pools: DataFrame, affinity: DataFrame
     if cfg.per_positive == 0:
         return positives.select("user_idx", F.col("item_idx").alias("pos_item_idx"), F.lit(0).alias("slot"),
                                 "item_idx", "category_idx", "weight").limit(0)
+    if pools is None:
+        raise ValueError("sample_negatives: pools is None but features.negatives.per_positive is "
+                         f"{cfg.per_positive}; pass sampling_pools(item_features, cfg)")
     slots = (positives.select("user_idx", F.col("item_idx").alias("pos_item_idx"),
                               F.col("category_idx").alias("pos_category_idx"), "weight",
                               F.explode(_slots(cfg)).alias("s"))
