@@ -24,6 +24,7 @@ from delta.exceptions import (
     ProtocolChangedException,
 )
 from delta.tables import DeltaTable
+from py4j.protocol import Py4JJavaError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
@@ -305,11 +306,26 @@ def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
 R = TypeVar("R")
 
 
+# The same conflicts by JVM class name: some Delta paths (creating a table two writers race
+# for) surface them as a raw Py4JJavaError instead of the Python classes above.
+_JVM_CONFLICTS = frozenset(f"io.delta.exceptions.{cls.__name__}" for cls in RETRYABLE_CONFLICTS)
+
+
+def _is_retryable(error: Exception) -> bool:
+    if isinstance(error, RETRYABLE_CONFLICTS):
+        return True
+    if isinstance(error, Py4JJavaError):
+        return str(error.java_exception.getClass().getName()) in _JVM_CONFLICTS
+    return False
+
+
 def _with_retry(action: Callable[[], R], what: str, attempts: int = 5) -> R:
     for attempt in range(1, attempts + 1):
         try:
             return action()
-        except RETRYABLE_CONFLICTS as e:
+        except (*RETRYABLE_CONFLICTS, Py4JJavaError) as e:
+            if not _is_retryable(e):
+                raise
             if attempt == attempts:
                 raise RuntimeError(f"{what}: gave up after {attempts} concurrent-write conflicts") from e
             wait = 0.2 * 2 ** (attempt - 1)

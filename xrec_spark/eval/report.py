@@ -223,8 +223,10 @@ def build_report(lake: Lakehouse, cfg: JobConfig) -> ReportResult:
             figures.append(plots.transfer_heatmap(transfer, names, out / "category_transfer.png"))
             transfer_note = "![category transfer](category_transfer.png)"
     history, source = training_history(params)
-    curve_note = ("No training history was found for the evaluated model (no run result file and no "
-                  "MLflow run), so there is no metric-vs-epoch curve." if history is None else "")
+    curve_note = ("No model in this evaluation (baselines only), so there is no training curve."
+                  if "model" not in models else
+                  "No training history was found for the evaluated model (no run result file and no "
+                  "MLflow run), so there is no metric-vs-epoch curve.")
     if history is not None:
         figures.append(plots.training_curves(history, out / "training_curve.png",
                                              f"model {models.get('model')}: loss and validation metric per epoch"))
