@@ -11,7 +11,8 @@ own (``--root``, default ``lakehouse/bench-<config name>``):
     transfer/history) -> embeddings -> evaluate (test split; ALS tuned on valid) -> report
 
 ``--steps`` picks a subset (e.g. ``--steps ingest,features,evaluate --no-model`` gives the
-popularity and ALS rows only). Nothing is tuned on the test split: ALS picks its grid point
+popularity and ALS rows only); the model versions trained by earlier invocations are kept in
+``<root>/bench_versions.json``. Nothing is tuned on the test split: ALS picks its grid point
 on valid, training early-stops on valid.
 """
 
@@ -29,12 +30,10 @@ sys.path.insert(0, str(REPO))
 
 STEPS = ("ingest", "features", "train", "baselines", "export", "evaluate", "report")
 # Baselines trained by the training job, as config overrides of the main model's config.
-# "A single phase": one joint phase over every category, no transfer schedule.
-TRAINED_BASELINES: dict[str, list[str]] = {
-    "no_sharing": ["model.share_across_categories=false", "model.history_encoder=none"],
-    "shared_no_transfer": ["model.history_encoder=none"],
-}
-SINGLE_PHASE = "train.phases=[{name: pretrain, epochs: 3, lr: 0.002}]"
+# "A single phase": one joint phase over every category (finetune trains sources and targets,
+# shared parts at full learning rate) with the epoch and step budget of the default transfer
+# schedule (2 pretrain + 1 freeze + 1 finetune epochs, each the same number of steps).
+SINGLE_PHASE = "train.phases=[{name: finetune, epochs: 4, lr: 0.002, shared_lr_scale: 1.0}]"
 
 
 def _job(module: str):
@@ -103,7 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     sets = [x for o in base for x in ("--set", o)]
     common = ["--config", args.config, *sets]
     timings: dict[str, float] = {}
-    versions: dict[str, str] = {}
+    # model_version of each trained system, kept beside the lakehouse so that steps can be run
+    # in separate invocations (e.g. the long trainings first, evaluation later).
+    versions_file = Path(root) / "bench_versions.json"
+    versions: dict[str, str] = json.loads(versions_file.read_text()) if versions_file.is_file() else {}
+
+    def remember(system: str, overrides: list[str]) -> None:
+        versions[system] = _latest_model_version(args.config, overrides)
+        versions_file.write_text(json.dumps(versions, indent=1, sort_keys=True))
+
     if "ingest" in steps:
         timings["ingest"] = _run("ingest", "jobs.ingest", common)
     if "features" in steps:
@@ -112,22 +119,22 @@ def main(argv: list[str] | None = None) -> int:
         for name, extra in TRAINED_BASELINES.items():
             more = [x for o in [*extra, SINGLE_PHASE] for x in ("--set", o)]
             timings[f"train {name}"] = _run(f"train {name}", "jobs.train", [*common, *more])
-            versions[name] = _latest_model_version(args.config, [*base, *extra, SINGLE_PHASE])
+            remember(name, [*base, *extra, SINGLE_PHASE])
     if "train" in steps and not args.no_model:
         timings["train"] = _run("train", "jobs.train", common)
-        versions_model = _latest_model_version(args.config, base)
-        base.append(f"eval.model_version={versions_model}")
-        common += ["--set", f"eval.model_version={versions_model}"]
+        remember("model", base)
     if "export" in steps and not args.no_model:
-        timings["export"] = _run("export", "jobs.export_embeddings", common)   # the latest run: the model
+        version = ["--model-version", versions["model"]] if "model" in versions else []
+        timings["export"] = _run("export", "jobs.export_embeddings", [*common, *version])
     if "evaluate" in steps:
         eval_sets = ["--set", "eval.include_model=" + ("false" if args.no_model else "true")]
-        if versions:
-            baselines = ["popularity_global", "popularity_category", "als", *versions]
+        if not args.no_model and "model" in versions:
+            eval_sets += ["--set", f"eval.model_version={versions['model']}"]
+        trained = {k: v for k, v in versions.items() if k in TRAINED_BASELINES}
+        if trained and not args.no_model:
+            baselines = ["popularity_global", "popularity_category", "als", *sorted(trained)]
             eval_sets += ["--set", f"eval.baselines={json.dumps(baselines)}",
-                          "--set", f"eval.baseline_versions={json.dumps(versions)}"]
-            if not args.no_model and "train" not in steps:
-                raise SystemExit("--steps with baselines but without train: the latest run would be a baseline")
+                          "--set", f"eval.baseline_versions={json.dumps(trained)}"]
         timings["evaluate"] = _run("evaluate", "jobs.evaluate", [*common, *eval_sets])
     if "report" in steps:
         timings["report"] = _run("report", "jobs.report", common)
