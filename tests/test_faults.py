@@ -134,10 +134,6 @@ def test_driver_killed_during_writes_leaves_whole_versions_and_rerun_completes(s
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "tables.Lakehouse.create_if_missing: two writers creating the same fresh table get "
-    "io.delta.exceptions.ProtocolChangedException as a Py4JJavaError, which _with_retry does not "
-    "catch (it retries only the Python delta.exceptions classes); see RELIABILITY.md"))
 def test_two_ingests_into_the_same_bronze_at_once_lose_and_double_nothing(spark, tmp_path):
     """Two writers MERGE disjoint halves of the Ciao sample into a fresh lakehouse at the same
     time (table creation included); Delta conflicts are retried; every accepted row lands once."""
