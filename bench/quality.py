@@ -138,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         timings["evaluate"] = _run("evaluate", "jobs.evaluate", [*common, *eval_sets])
     if "report" in steps:
         timings["report"] = _run("report", "jobs.report", common)
-    print("\n## Quality (" + Path(args.config).name + ")\n")
-    print(quality_table(args.config, base))
+    if "evaluate" in steps or "report" in steps:
+        print("\n## Quality (" + Path(args.config).name + ")\n")
+        print(quality_table(args.config, base))
     print("\nstep timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     return 0
 
