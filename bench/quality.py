@@ -30,6 +30,10 @@ sys.path.insert(0, str(REPO))
 
 STEPS = ("ingest", "features", "train", "baselines", "export", "evaluate", "report")
 # Baselines trained by the training job, as config overrides of the main model's config.
+TRAINED_BASELINES: dict[str, list[str]] = {
+    "no_sharing": ["model.share_across_categories=false", "model.history_encoder=none"],
+    "shared_no_transfer": ["model.history_encoder=none"],
+}
 # "A single phase": one joint phase over every category (finetune trains sources and targets,
 # shared parts at full learning rate) with the epoch and step budget of the default transfer
 # schedule (2 pretrain + 1 freeze + 1 finetune epochs, each the same number of steps).

@@ -119,7 +119,7 @@ def test_ciao_sample_run_append_rerun(spark, tmp_path, capsys):
     assert job.main(["--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert f"features: inputs unchanged since run {second.run_id}" in out
-    assert f"silver.training_examples {second.row_counts['silver.training_examples']:>12,}" in out
+    assert f"{'silver.training_examples':<32} {second.row_counts['silver.training_examples']:>12,}" in out
     assert "top transfer pairs" in out
     assert lakehouse.versions(OUTPUTS) == versions
     assert lakehouse.read(JOB_LOG).where("job = 'features'").count() == 2

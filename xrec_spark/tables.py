@@ -84,7 +84,7 @@ _CDF = {"delta.enableChangeDataFeed": "true"}
 BRONZE_EVENTS = TableSpec(
     "bronze", "events",
     _schema(
-        ("event_id", _S, False),     # sha256 of the source row's identity (user, item, type, ts)
+        ("event_id", _S, False),     # sha256 of every kept field (user, item, type, ts, value, category)
         ("user_id", _S, False),
         ("item_id", _S, False),
         ("event_type", _S, False),

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 JOB = "evaluate"
 MODEL = "model"
 CANDIDATES_SYSTEM = "candidates"
+METRICS_SPLIT = "split"   # gold.metrics column: the split a row was measured on
 TRAINED_BASELINES = ("no_sharing", "shared_no_transfer")
 DATA_INPUTS = (INTERACTIONS, ITEM_FEATURES, CATEGORY_INDEX)
 MODEL_INPUTS = (USER_HISTORY, ITEM_EMBEDDINGS, USER_EMBEDDINGS, RUNS)
@@ -66,8 +67,6 @@ class EvalResult:
                                  zip(sel[C.VALUE], sel[C.CI_LOW], sel[C.CI_HIGH], sel[C.GROUPS])])
         return cells.pivot(index=C.SYSTEM, columns=C.SLICE, values="cell")
 
-
-METRICS_SPLIT = "split"
 
 
 def eval_id_for(cfg: JobConfig, systems: list[str], model_versions: dict[str, str],
