@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 
-from xrec_spark.eval import columns as C
 from xrec_spark.eval.evaluate import evaluate
 from xrec_spark.jobargs import parse_job_args
 from xrec_spark.session import get_spark
@@ -23,13 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     spark = get_spark(cfg)
     lake = Lakehouse(spark, cfg.lakehouse.root)
     result = evaluate(lake, cfg)
-    k = 10 if 10 in cfg.eval.ks else min(cfg.eval.ks)
-    print(f"eval {result.eval_id} ({result.split}): systems {', '.join(result.systems)}")
-    if result.model_versions:
-        print("models: " + ", ".join(f"{s}={v}" for s, v in result.model_versions.items()))
-    with_ci = result.table(C.NDCG, k)
-    print(f"NDCG@{k}, all categories (micro), value [95% CI] (groups):")
-    print(with_ci.to_string())
+    print(result.format(cfg.eval.ks))
     return 0
 
 

@@ -28,8 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     spark = get_spark(cfg)
     lake = Lakehouse(spark, cfg.lakehouse.root)
     result = export_embeddings(lake, cfg, args.model_version)
-    print(f"model {result.model_version}: {result.items} item vectors ({result.cold_items} cold, from content), "
-          f"{result.user_pairs} user x category vectors for {result.users} users")
+    print(result.format())
     return 0
 
 

@@ -37,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     spark = get_spark(cfg)
     lake = Lakehouse(spark, cfg.lakehouse.root)
     result = generate_candidates(lake, cfg, day, args.model_version)
-    print(f"{result.run_date}: {result.rows} candidates, model {result.model_version or '-'} for "
-          f"{result.model_pairs} user x category pairs, popularity fallback for {result.fallback_pairs}")
+    print(result.format())
     return 0
 
 

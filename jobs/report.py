@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     spark = get_spark(cfg)
     lake = Lakehouse(spark, cfg.lakehouse.root)
     result = build_report(lake, cfg)
-    print(f"report of eval {result.eval_id}: {result.path} ({len(result.figures)} figures)")
+    print(result.format())
     return 0
 
 

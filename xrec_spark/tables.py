@@ -25,6 +25,7 @@ from delta.exceptions import (
 )
 from delta.tables import DeltaTable
 from py4j.protocol import Py4JJavaError
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
@@ -311,11 +312,19 @@ R = TypeVar("R")
 _JVM_CONFLICTS = frozenset(f"io.delta.exceptions.{cls.__name__}" for cls in RETRYABLE_CONFLICTS)
 
 
+# Two writers creating the same fresh table: the loser can look at the folder after the
+# winner made it but before its first commit landed, and Delta refuses a "non-empty location
+# that is not a Delta table". A moment later the table exists and creation is a no-op.
+_RACING_CREATE = "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION"
+
+
 def _is_retryable(error: Exception) -> bool:
     if isinstance(error, RETRYABLE_CONFLICTS):
         return True
     if isinstance(error, Py4JJavaError):
         return str(error.java_exception.getClass().getName()) in _JVM_CONFLICTS
+    if isinstance(error, AnalysisException):
+        return error.getCondition() == _RACING_CREATE
     return False
 
 
@@ -323,7 +332,7 @@ def _with_retry(action: Callable[[], R], what: str, attempts: int = 5) -> R:
     for attempt in range(1, attempts + 1):
         try:
             return action()
-        except (*RETRYABLE_CONFLICTS, Py4JJavaError) as e:
+        except (*RETRYABLE_CONFLICTS, Py4JJavaError, AnalysisException) as e:
             if not _is_retryable(e):
                 raise
             if attempt == attempts:

@@ -204,6 +204,10 @@ class ExportResult:
     input_versions: dict[str, int]
     output_versions: dict[str, int]
 
+    def format(self) -> str:
+        return (f"model {self.model_version}: {self.items:,} item vectors ({self.cold_items:,} cold, from content), "
+                f"{self.user_pairs:,} user x category vectors for {self.users:,} users")
+
 
 def export_embeddings(lake: Lakehouse, cfg: JobConfig, model_version: str | None = None) -> ExportResult:
     """Export item and user x category vectors of ``model_version`` (None: latest in gold.runs)."""

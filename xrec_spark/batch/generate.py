@@ -44,6 +44,10 @@ class CandidatesResult:
     input_versions: dict[str, int]
     output_versions: dict[str, int]
 
+    def format(self) -> str:
+        return (f"{self.run_date}: {self.rows:,} candidates, model {self.model_version or '-'} for "
+                f"{self.model_pairs:,} user x category pairs, popularity fallback for {self.fallback_pairs:,}")
+
 
 def seen_items(interactions: DataFrame) -> DataFrame:
     """Distinct (user_idx, item_idx) the user interacted with, any split or label."""

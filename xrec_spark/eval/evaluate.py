@@ -67,6 +67,15 @@ class EvalResult:
                                  zip(sel[C.VALUE], sel[C.CI_LOW], sel[C.CI_HIGH], sel[C.GROUPS])])
         return cells.pivot(index=C.SYSTEM, columns=C.SLICE, values="cell")
 
+    def format(self, ks: list[int]) -> str:
+        """The job's summary: systems, model versions and NDCG@10 (else the smallest K) by slice."""
+        k = 10 if 10 in ks else min(ks)
+        lines = [f"eval {self.eval_id} ({self.split}): systems {', '.join(self.systems)}"]
+        if self.model_versions:
+            lines.append("models: " + ", ".join(f"{s}={v}" for s, v in self.model_versions.items()))
+        lines.append(f"NDCG@{k}, all categories (micro), value [95% CI] (groups):")
+        lines.append(self.table(C.NDCG, k).to_string())
+        return "\n".join(lines)
 
 
 def eval_id_for(cfg: JobConfig, systems: list[str], model_versions: dict[str, str],

@@ -40,6 +40,9 @@ class ReportResult:
     eval_id: str
     figures: list[Path]
 
+    def format(self) -> str:
+        return f"report of eval {self.eval_id}: {self.path} ({len(self.figures)} figures)"
+
 
 def latest_eval_id(lake: Lakehouse) -> str:
     """eval_id of the most recent ``evaluate`` run in meta.job_log."""
