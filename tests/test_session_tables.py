@@ -50,3 +50,20 @@ def test_merge_is_idempotent_and_versions_advance(spark, lakehouse):
     assert lakehouse.read(BRONZE_QUARANTINE).count() == 3
     assert lakehouse.version(BRONZE_QUARANTINE) == 1  # create, merge; the no-op merge commits nothing
     assert lakehouse.read(BRONZE_QUARANTINE, version=0).count() == 0
+
+
+def test_arrays_with_nullable_elements_are_written_or_refused_by_content(spark, lakehouse):
+    """A DataFrame built with plain ``array<int>`` (elements may be null) fits a table declared
+    with non-null elements when no element is null; a null element fails naming the column
+    instead of being stored as 0."""
+    from xrec_spark.tables import USER_HISTORY
+
+    good = spark.createDataFrame([(1, [3, 4]), (2, [5])], "user_idx int, history array<int>")
+    lakehouse.overwrite(USER_HISTORY, good)
+    assert sorted(tuple(r) for r in lakehouse.read(USER_HISTORY).collect()) == [(1, [3, 4]), (2, [5])]
+
+    bad = spark.createDataFrame([(3, [7, None])], "user_idx int, history array<int>")
+    version = lakehouse.version(USER_HISTORY)
+    with pytest.raises(Exception, match="column history has an array with a null element"):
+        lakehouse.overwrite(USER_HISTORY, bad)
+    assert lakehouse.version(USER_HISTORY) == version

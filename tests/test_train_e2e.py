@@ -100,6 +100,16 @@ def test_two_processes_train_from_delta_and_record_lineage(spark, lake_root, ref
     assert meta["model_version"] == result.model_version
 
 
+def test_rerun_on_unchanged_inputs_launches_nothing_and_writes_nothing(spark, lake_root, reference):
+    _, result, cfg = reference
+    lake = Lakehouse(spark, str(lake_root))
+    before = lake.versions([RUNS, JOB_LOG])
+    again = run_training(cfg, lake)
+    assert again.reused and again.result == result
+    assert again.format().startswith("already trained")
+    assert lake.versions([RUNS, JOB_LOG]) == before
+
+
 def test_a_failing_rank_surfaces_and_the_resumed_run_ends_the_same(spark, lake_root, reference):
     _, ref, _ = reference
     lake = Lakehouse(spark, str(lake_root))

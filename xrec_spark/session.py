@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from pyspark.sql import SparkSession
@@ -19,6 +20,8 @@ from xrec_spark.jars import delta_coordinates, ensure_delta_jars
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+LOOPBACK = "127.0.0.1"
+LOG4J2_PROPERTIES = Path(__file__).with_name("log4j2.properties")
 DELTA_SQL_CONF = {
     "spark.sql.extensions": DELTA_EXTENSION,
     "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
@@ -52,8 +55,14 @@ def session_conf(spark_cfg: SparkConfig) -> dict[str, str]:
         "spark.driver.memory": spark_cfg.driver_memory,
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.showConsoleProgress": "false",
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG4J2_PROPERTIES.as_uri()}",
         **delta_conf(spark_cfg),
     }
+    if _is_local(spark_cfg.master):
+        # One machine: the driver (and its in-process executors) listen on loopback only,
+        # instead of whatever address the host name resolves to.
+        conf["spark.driver.host"] = LOOPBACK
+        conf["spark.driver.bindAddress"] = LOOPBACK
     python = spark_cfg.python or (sys.executable if _is_local(spark_cfg.master) else None)
     if python:
         # Workers must import pyarrow/pandas/torch from our virtualenv, not the system Python.

@@ -26,7 +26,8 @@ from delta.exceptions import (
 from delta.tables import DeltaTable
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import AnalysisException
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 log = logging.getLogger(__name__)
@@ -299,7 +300,21 @@ def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
     missing = [c for c in spec.columns if c not in df.columns]
     if missing:
         raise SchemaMismatchError(f"rows for {spec.qualified}: missing columns: {', '.join(missing)}")
-    return df.select([df[f.name].cast(f.dataType).alias(f.name) for f in spec.schema.fields])
+    return df.select([_conformed(df, f, spec).alias(f.name) for f in spec.schema.fields])
+
+
+def _conformed(df: DataFrame, field: T.StructField, spec: TableSpec) -> Column:
+    """``field``'s column cast to its declared type. Spark cannot cast an array whose elements
+    may be null to one declared without nulls, and Delta would store a null element of such a
+    column as 0; so those arrays are checked row by row instead, failing on a null element."""
+    source = df.schema[field.name].dataType
+    target = field.dataType
+    if (isinstance(target, T.ArrayType) and isinstance(source, T.ArrayType) and not target.containsNull
+            and source.containsNull):
+        col = df[field.name].cast(T.ArrayType(target.elementType, containsNull=True))
+        message = f"rows for {spec.qualified}: column {field.name} has an array with a null element"
+        return F.when(F.exists(col, lambda x: x.isNull()), F.raise_error(F.lit(message))).otherwise(col)
+    return df[field.name].cast(target)
 
 
 # ----------------------------------------------------------------------------------- lakehouse

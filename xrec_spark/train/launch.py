@@ -220,6 +220,7 @@ class TrainingReport:
     mlflow_run_id: str
     runs_table: str
     runs_version: int
+    reused: bool = False       # the same run (config + input versions) had already finished
 
     def format(self) -> str:
         """A short human summary for the job's output."""
@@ -227,7 +228,8 @@ class TrainingReport:
         metric = next((k for k in m if k.startswith("valid_")), None)
         best = f", best at {r.best_at['phase']} epoch {r.best_at['epoch']}" if r.best_at else ""
         lines = [
-            f"trained {r.model_version} (run {r.run_id}) on {r.world_size} process(es): {int(m.get('epochs', 0))} "
+            ("already trained (same config and input versions), nothing to do: " if self.reused else "")
+            + f"trained {r.model_version} (run {r.run_id}) on {r.world_size} process(es): {int(m.get('epochs', 0))} "
             f"epochs, {int(m.get('steps', 0))} steps, {m.get('samples_per_s', 0.0):,.0f} samples/s, final loss "
             f"{m.get('final_loss', float('nan')):.4f}"
             + (f", {metric} {m[metric]:.4f}{best}" if metric else " (no validation groups)"),
@@ -236,6 +238,22 @@ class TrainingReport:
             f"runs row:   {RUNS.qualified} run_id={r.run_id} at {self.runs_table} (version {self.runs_version})",
         ]
         return "\n".join(lines)
+
+
+def finished_run(lake: Lakehouse, spec: TrainSpec) -> TrainingReport | None:
+    """The report of this run when it already completed: its result file and its gold.runs row
+    both exist. Re-running the job on unchanged inputs then launches nothing and writes nothing."""
+    paths = RunPaths.of(spec.run_dir)
+    if not (paths.result.exists() and paths.model.exists() and lake.exists(RUNS)):
+        return None
+    row = lake.read(RUNS).where(F.col("run_id") == spec.run_id).select("params").first()
+    if row is None:
+        return None
+    params = json.loads(row["params"] or "{}")
+    log.info("run %s already finished (result %s); reusing it", spec.run_id, paths.result)
+    return TrainingReport(result=TrainResult.read(paths.result), spec=spec,
+                          tracking_uri=params.get("tracking_uri", ""), mlflow_run_id=params.get("mlflow_run_id", ""),
+                          runs_table=lake.path(RUNS), runs_version=lake.version(RUNS) or 0, reused=True)
 
 
 def run_training(cfg: JobConfig, lake: Lakehouse, resume: ResumeMode = "auto",
@@ -247,6 +265,10 @@ def run_training(cfg: JobConfig, lake: Lakehouse, resume: ResumeMode = "auto",
     started = datetime.now(timezone.utc)
     uri = tracking.tracking_uri(cfg, lake)   # checked before training, not after an hour of it
     spec = build_spec(cfg, lake, resume=resume, fail_at_step=fail_at_step, fail_rank=fail_rank)
+    if resume == "auto":
+        finished = finished_run(lake, spec)
+        if finished is not None:
+            return finished
     try:
         result = launch(spec, cfg)
     except TrainingFailedError as e:
