@@ -216,3 +216,21 @@ def test_generate_candidates_refuses_a_model_without_embeddings(world):
     cfg = make_config(root, batch=BATCH, features=FEATURES)
     with pytest.raises(RuntimeError, match="model m2 has no rows in gold.item_embeddings"):
         generate_candidates(lake, cfg, date(2024, 7, 1), model_version="m2")
+
+
+def test_transfer_destinations_rank_untouched_categories_by_weighted_transfer(spark):
+    from xrec_spark.batch.pairs import transfer_destinations
+
+    # User 1: 75% in category 1, 25% in category 2. User 2: only category 3.
+    affinity = spark.createDataFrame([(1, 1, 0.75), (1, 2, 0.25), (2, 3, 1.0)],
+                                     "user_idx int, category_idx int, share double")
+    transfer = spark.createDataFrame(
+        [(1, 2, 0.9), (1, 3, 0.4), (1, 4, 0.2), (2, 1, 0.9), (2, 4, 0.8), (3, 1, 0.5), (3, 4, 0.5)],
+        "src_category_idx int, dst_category_idx int, score double")
+    got = {(r.user_idx, r.category_idx): round(r.transfer_score, 6)
+           for r in transfer_destinations(affinity, transfer, 2).collect()}
+    # User 1: 3 -> 0.75*0.4 = 0.3; 4 -> 0.75*0.2 + 0.25*0.8 = 0.35 (1 and 2 are touched).
+    # User 2: 1 -> 0.5, 4 -> 0.5, tie broken by the smaller category_idx; both fit in 2.
+    assert got == {(1, 4): 0.35, (1, 3): 0.3, (2, 1): 0.5, (2, 4): 0.5}
+    one = {(r.user_idx, r.category_idx) for r in transfer_destinations(affinity, transfer, 1).collect()}
+    assert one == {(1, 4), (2, 1)}

@@ -345,6 +345,9 @@ class BatchConfig(_Section):
     top_k: int = Field(100, ge=1)
     exclude_seen: bool = True
     user_top_categories: int = Field(3, ge=0)
+    # Also each user's N untouched categories ranked highest by silver.category_transfer from
+    # the categories they use: the cross-category recommendations.
+    transfer_categories: int = Field(0, ge=0)
     target_categories: list[str] = Field(default_factory=list)
     search: SearchKind = SearchKind.EXACT
     block_size: int = Field(4096, ge=1)

@@ -30,17 +30,17 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from xrec_spark.batch.lineage import ModelRun, model_run, record_job, sql_string, utc_now
-from xrec_spark.batch.pairs import category_ids, target_category_names, user_category_pairs
+from xrec_spark.batch.pairs import category_ids, serving_pairs, target_category_names
 from xrec_spark.config import JobConfig
 from xrec_spark.tables import (
-    CATEGORY_INDEX, ITEM_EMBEDDINGS, ITEM_FEATURES, USER_CATEGORY_AFFINITY, USER_EMBEDDINGS, USER_HISTORY,
-    USER_INDEX, Lakehouse,
+    CATEGORY_INDEX, CATEGORY_TRANSFER, ITEM_EMBEDDINGS, ITEM_FEATURES, USER_CATEGORY_AFFINITY, USER_EMBEDDINGS,
+    USER_HISTORY, USER_INDEX, Lakehouse,
 )
 
 log = logging.getLogger(__name__)
 
 JOB = "export_embeddings"
-INPUTS = (ITEM_FEATURES, USER_HISTORY, USER_CATEGORY_AFFINITY, USER_INDEX, CATEGORY_INDEX)
+INPUTS = (ITEM_FEATURES, USER_HISTORY, USER_CATEGORY_AFFINITY, USER_INDEX, CATEGORY_INDEX, CATEGORY_TRANSFER)
 CONTENT_COLUMNS = ("item_idx", "category_idx", "text", "image_vector", "text_vector", "train_count")
 ITEM_SCHEMA = T.StructType([
     T.StructField("item_idx", T.IntegerType(), False), T.StructField("category_idx", T.IntegerType(), False),
@@ -226,9 +226,11 @@ def export_embeddings(lake: Lakehouse, cfg: JobConfig, model_version: str | None
         lake.overwrite(ITEM_EMBEDDINGS, items, replace_where=where, job=JOB)
         targets = category_ids(lake.read(CATEGORY_INDEX, inputs.get(CATEGORY_INDEX.qualified)),
                                target_category_names(cfg))
-        pairs = user_category_pairs(lake.read(USER_INDEX, inputs.get(USER_INDEX.qualified)),
-                                    lake.read(USER_CATEGORY_AFFINITY, inputs.get(USER_CATEGORY_AFFINITY.qualified)),
-                                    cfg.batch.user_top_categories, targets)
+        transfer = (lake.read(CATEGORY_TRANSFER, inputs[CATEGORY_TRANSFER.qualified])
+                    if CATEGORY_TRANSFER.qualified in inputs else None)
+        pairs = serving_pairs(lake.read(USER_INDEX, inputs.get(USER_INDEX.qualified)),
+                              lake.read(USER_CATEGORY_AFFINITY, inputs.get(USER_CATEGORY_AFFINITY.qualified)),
+                              transfer, cfg, targets)
         history = lake.read(USER_HISTORY, inputs.get(USER_HISTORY.qualified)).select("user_idx", "history")
         users = user_embedding_rows(pairs.join(history, "user_idx", "left"), handle, run.model_version,
                                     cfg.batch.export_batch_size, cfg.features.history_length)

@@ -19,16 +19,16 @@ from pyspark.sql import functions as F
 
 from xrec_spark.batch.candidates import popularity_candidates, top_k_candidates
 from xrec_spark.batch.lineage import latest_model_version, record_job, sql_string, utc_now
-from xrec_spark.batch.pairs import category_ids, target_category_names, user_category_pairs
+from xrec_spark.batch.pairs import category_ids, serving_pairs, target_category_names
 from xrec_spark.config import JobConfig
 from xrec_spark.tables import (
-    CANDIDATES, CATEGORY_INDEX, INTERACTIONS, ITEM_EMBEDDINGS, ITEM_FEATURES, USER_CATEGORY_AFFINITY,
+    CANDIDATES, CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, ITEM_EMBEDDINGS, ITEM_FEATURES, USER_CATEGORY_AFFINITY,
     USER_EMBEDDINGS, USER_INDEX, Lakehouse,
 )
 
 JOB = "generate_candidates"
 MODEL, FALLBACK = "model", "fallback"
-INPUTS = (ITEM_FEATURES, USER_INDEX, USER_CATEGORY_AFFINITY, CATEGORY_INDEX, INTERACTIONS,
+INPUTS = (ITEM_FEATURES, USER_INDEX, USER_CATEGORY_AFFINITY, CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS,
           ITEM_EMBEDDINGS, USER_EMBEDDINGS)
 
 
@@ -91,8 +91,8 @@ def generate_candidates(lake: Lakehouse, cfg: JobConfig, run_date: date,
         return lake.read(spec, inputs.get(spec.qualified))
 
     targets = category_ids(read(CATEGORY_INDEX), target_category_names(cfg))
-    pairs = user_category_pairs(read(USER_INDEX), read(USER_CATEGORY_AFFINITY), cfg.batch.user_top_categories,
-                                targets)
+    transfer = read(CATEGORY_TRANSFER) if CATEGORY_TRANSFER.qualified in inputs else None
+    pairs = serving_pairs(read(USER_INDEX), read(USER_CATEGORY_AFFINITY), transfer, cfg, targets)
     users = items = None
     if version is not None and lake.exists(USER_EMBEDDINGS) and lake.exists(ITEM_EMBEDDINGS):
         mv = sql_string(version, "model_version")

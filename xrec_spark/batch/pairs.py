@@ -1,8 +1,10 @@
 """Which (user, category) pairs get a user vector and candidates.
 
-For every indexed user: the user's top ``user_top_categories`` categories by affinity, plus
-every target category. A target category the user never touched is the cross-category case:
-the user's vector for it comes from history in other categories.
+For every indexed user: the user's top ``user_top_categories`` categories by affinity, the
+``transfer_categories`` categories the user never touched that the category-transfer matrix
+ranks highest from the categories they did touch, and every target category. A category the
+user never touched is the cross-category case: the user's vector for it comes from history in
+other categories.
 """
 
 from __future__ import annotations
@@ -37,6 +39,42 @@ def category_ids(category_index: DataFrame, names: Sequence[str]) -> list[int]:
         raise ValueError(f"batch.target_categories: unknown categories {unknown} (not in silver.category_index); "
                          f"known include {known}")
     return sorted(set(found[n] for n in wanted))
+
+
+def transfer_destinations(affinity: DataFrame, transfer: DataFrame, per_user: int) -> DataFrame:
+    """Each user's ``per_user`` untouched categories with the highest transfer from their own.
+
+    A destination's score for a user is ``sum over the user's categories src of share(user, src)
+    * score(src -> dst)``: where the user spends their activity, weighted by how strongly users
+    of that category also engage with the destination. Ties go to the smaller category_idx.
+
+    affinity: user_idx, category_idx, share (silver.user_category_affinity);
+    transfer: src_category_idx, dst_category_idx, score (silver.category_transfer).
+    Returns user_idx, category_idx, transfer_score.
+    """
+    if per_user < 0:
+        raise ValueError(f"batch.transfer_categories must be >= 0; got {per_user}")
+    touched = affinity.select("user_idx", "category_idx")
+    scored = (affinity.select("user_idx", F.col("category_idx").alias("src_category_idx"), "share")
+              .join(transfer.select("src_category_idx", "dst_category_idx", "score"), "src_category_idx")
+              .groupBy("user_idx", F.col("dst_category_idx").alias("category_idx"))
+              .agg(F.sum(F.col("share") * F.col("score")).alias("transfer_score"))
+              .join(touched, ["user_idx", "category_idx"], "left_anti"))
+    rank = Window.partitionBy("user_idx").orderBy(F.col("transfer_score").desc(), F.col("category_idx"))
+    return (scored.withColumn("_rank", F.row_number().over(rank)).where(F.col("_rank") <= per_user)
+            .select(F.col("user_idx").cast("int"), F.col("category_idx").cast("int"), "transfer_score"))
+
+
+def serving_pairs(users: DataFrame, affinity: DataFrame, transfer: DataFrame | None, cfg: JobConfig,
+                  targets: Sequence[int]) -> DataFrame:
+    """The (user_idx, category_idx) pairs that get vectors and candidates under ``cfg.batch``:
+    top categories by affinity, transfer destinations (when the transfer matrix exists) and
+    ``targets``. Export and candidate generation both call this, so they agree on the pairs."""
+    pairs = user_category_pairs(users, affinity, cfg.batch.user_top_categories, targets)
+    if transfer is not None and cfg.batch.transfer_categories > 0:
+        destinations = transfer_destinations(affinity, transfer, cfg.batch.transfer_categories)
+        pairs = pairs.unionByName(destinations.select("user_idx", "category_idx")).distinct()
+    return pairs
 
 
 def user_category_pairs(users: DataFrame, affinity: DataFrame, top_n: int, targets: Sequence[int]) -> DataFrame:
