@@ -65,3 +65,32 @@ def lakehouse(spark, lakehouse_root) -> Lakehouse:
 @pytest.fixture
 def job_config(lakehouse_root) -> JobConfig:
     return make_config(lakehouse_root)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """A Spark standalone master and two workers (1 core, 1 GiB each) on 127.0.0.1, shared by
+    every cluster-marked test of the session (tests/standalone.py)."""
+    from standalone import standalone_cluster
+
+    with standalone_cluster(tmp_path_factory.mktemp("standalone"), workers=2, cores=1, memory="1g") as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def ciao_reference(spark, tmp_path_factory) -> Path:
+    """Ingest + features on the Ciao sample in local mode, the reference of the cluster tests."""
+    from cluster_jobs import local_reference
+
+    return local_reference(spark, tmp_path_factory.mktemp("local") / "lakehouse")
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one intra-op thread for the test (tiny ops on a 2-core machine run faster so)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,15 +10,6 @@ from xrec_spark.config import ModelConfig
 from xrec_spark.model.distill import distill, make_student
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny ops on a shared 2-core machine run faster without intra-op threads; restored after.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 

@@ -11,22 +11,12 @@ from __future__ import annotations
 import time
 
 import pytest
-import torch
 
 from model_synthetic import cross_category_ndcg, planted_taste, popularity_ndcg, train_model
 from xrec_spark.config import ModelConfig
 
 BASE = dict(embedding_dim=32, hidden_dim=64, hash_buckets=1024, max_tokens=8)
 MARGIN = 0.05
-
-
-@pytest.fixture
-def one_thread():
-    # Tiny ops on a shared 2-core machine run faster without intra-op threads; restored after.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.slow
