@@ -15,8 +15,10 @@ def cross_category_sample(lake: Lakehouse, run_date: date, k: int = 5, users: in
     cands = lake.read(CANDIDATES).where((F.col("run_date") == F.lit(run_date)) & (F.col("source") == "model"))
     touched = lake.read(INTERACTIONS).select("user_idx", "category_idx").distinct()
     untouched = cands.join(touched, ["user_idx", "category_idx"], "left_anti")
+    # One (user, category) per user: the smallest category with at least k candidates.
     picks = (untouched.groupBy("user_idx", "category_idx").agg(F.count("*").alias("n"))
-             .where(F.col("n") >= k).orderBy("user_idx", "category_idx").limit(users).collect())
+             .where(F.col("n") >= k).groupBy("user_idx").agg(F.min("category_idx").alias("category_idx"))
+             .orderBy("user_idx").limit(users).collect())
     if not picks:
         return [f"no user has model candidates for {run_date} in a category they never touched"]
     cats = lake.read(CATEGORY_INDEX)
