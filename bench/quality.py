@@ -1,26 +1,33 @@
 """Quality benchmark: the whole chain on one data set, then NDCG@10 / Recall@10 of every system
-per slice, as the markdown table of BENCHMARKS.md's Quality section.
+per slice, as the markdown of BENCHMARKS.md's Quality section.
 
     python bench/quality.py --config conf/local.yaml       # Ciao
     python bench/quality.py --config conf/movielens.yaml   # MovieLens-1M
 
-Runs the job entry points in order, in one process (one SparkSession), on a lakehouse of its
-own (``--root``, default ``lakehouse/bench-<config name>``):
+One process, one SparkSession, a lakehouse of its own (``--root``, default
+``lakehouse/bench-<config stem>``, git-ignored):
 
-    ingest -> features -> train (model) -> train (baselines: no sharing; shared without
-    transfer/history) -> embeddings -> evaluate (test split; ALS tuned on valid) -> report
+    ingest -> features -> train the model (the config's transfer phases)
+           -> train the baselines no_sharing (model.share_across_categories=false) and
+              shared_no_transfer (model.history_encoder=none), each as ONE joint phase with
+              the model's total epochs
+           -> evaluate on test (popularity global / per category, ALS tuned on valid, the two
+              trained baselines, the model) -> report (<root>/report/index.md)
 
-``--steps`` picks a subset (e.g. ``--steps ingest,features,evaluate --no-model`` gives the
-popularity and ALS rows only); the model versions trained by earlier invocations are kept in
-``<root>/bench_versions.json``. Nothing is tuned on the test split: ALS picks its grid point
-on valid, training early-stops on valid.
+Every step is idempotent: ingest MERGEs, features skip unchanged inputs, a training with the same
+config and inputs reuses its finished run, evaluation replaces its own eval_id. So re-running
+the command after an interruption redoes only what is missing. ``--steps`` picks a subset
+(``--steps evaluate,report`` re-evaluates the trained versions kept in
+``<root>/bench_versions.json``). Nothing is tuned on test: ALS picks its grid point on valid,
+training early-stops on valid.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
+import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,64 +35,41 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-STEPS = ("ingest", "features", "train", "baselines", "export", "evaluate", "report")
-# Baselines trained by the training job, as config overrides of the main model's config.
+STEPS = ("ingest", "features", "train", "baselines", "evaluate", "report")
+# Baselines trained by the training job, as config overrides of the model's config.
 TRAINED_BASELINES: dict[str, list[str]] = {
-    "no_sharing": ["model.share_across_categories=false", "model.history_encoder=none"],
+    "no_sharing": ["model.share_across_categories=false"],
     "shared_no_transfer": ["model.history_encoder=none"],
 }
-# "A single phase": one joint phase over every category (finetune trains sources and targets,
-# shared parts at full learning rate) with the epoch and step budget of the default transfer
-# schedule (2 pretrain + 1 freeze + 1 finetune epochs, each the same number of steps).
-SINGLE_PHASE = "train.phases=[{name: finetune, epochs: 4, lr: 0.002, shared_lr_scale: 1.0}]"
+SYSTEMS = ("popularity_global", "popularity_category", "als", "no_sharing", "shared_no_transfer", "model")
 
 
-def _job(module: str):
-    try:
-        return importlib.import_module(module).main
-    except ModuleNotFoundError as e:
-        raise SystemExit(f"bench/quality.py: {module} is not available ({e}); "
-                         "run the steps that exist with --steps") from e
+def single_phase(cfg) -> str:
+    """One joint phase (finetune: every category, shared parts at full rate) with the epochs of
+    all the config's phases together and its first phase's learning rate: the transfer schedule's
+    budget without the transfer."""
+    epochs = sum(p.epochs for p in cfg.train.phases)
+    return f"train.phases=[{{name: finetune, epochs: {epochs}, lr: {cfg.train.phases[0].lr}, shared_lr_scale: 1.0}}]"
 
 
-def _run(step: str, module: str, args: list[str]) -> float:
-    print(f"\n=== {step}: {module} {' '.join(args)}", flush=True)
+def _timed(name: str, fn):
+    print(f"\n=== {name}", flush=True)
     start = time.perf_counter()
-    code = _job(module)(args)
-    if code != 0:
-        raise SystemExit(f"{step} failed with exit code {code}")
+    out = fn()
     took = time.perf_counter() - start
-    print(f"=== {step} done in {took:.0f} s", flush=True)
-    return took
+    print(f"=== {name} done in {took:.0f} s", flush=True)
+    return out, took
 
 
-def _latest_model_version(config: str, overrides: list[str]) -> str:
-    from xrec_spark.batch.lineage import model_run
-    from xrec_spark.config import load_config
-    from xrec_spark.session import get_spark
-    from xrec_spark.tables import Lakehouse
-
-    cfg = load_config(config, overrides)
-    return model_run(Lakehouse(get_spark(cfg), cfg.lakehouse.root)).model_version
-
-
-def quality_table(config: str, overrides: list[str]) -> str:
-    """Markdown: NDCG@10 and Recall@10 per system and slice of the latest evaluation."""
-    from pyspark.sql import functions as F
-
-    from xrec_spark.config import load_config
+def quality_markdown(rows, split: str, k: int = 10) -> str:
+    """NDCG@k and Recall@k tables (system x slice) and the model against the best baseline."""
     from xrec_spark.eval import columns as C
-    from xrec_spark.eval.report import latest_eval_id, summary_table
-    from xrec_spark.session import get_spark
-    from xrec_spark.tables import METRICS, Lakehouse
+    from xrec_spark.eval.report import summary_table, verdicts
 
-    cfg = load_config(config, overrides)
-    lake = Lakehouse(get_spark(cfg), cfg.lakehouse.root)
-    eval_id = latest_eval_id(lake)
-    rows = lake.read(METRICS).where(F.col("eval_id") == eval_id).toPandas()
-    parts = [f"eval_id `{eval_id}`, split {cfg.eval.split}, value [95% CI] (groups)"]
-    for metric, label in ((C.NDCG, "NDCG@10"), (C.RECALL, "Recall@10")):
-        parts += ["", f"**{label}**", "", summary_table(rows, metric, 10, cfg.eval.split)]
+    parts = [f"value [95% bootstrap interval] (groups), split {split}, all categories (micro)"]
+    for metric, label in ((C.NDCG, f"NDCG@{k}"), (C.RECALL, f"Recall@{k}")):
+        parts += ["", f"**{label}**", "", summary_table(rows, metric, k, split)]
+    parts += ["", f"**Model vs best baseline, NDCG@{k}**", "", verdicts(rows, C.NDCG, k, split)]
     return "\n".join(parts)
 
 
@@ -94,58 +78,82 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--root", default=None, help="lakehouse root (default lakehouse/bench-<config stem>)")
     parser.add_argument("--steps", default=",".join(STEPS), help=f"comma list of {', '.join(STEPS)}")
-    parser.add_argument("--no-model", action="store_true", help="evaluate baselines only (popularity, ALS)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value for every step (the model's and the baselines')")
     args = parser.parse_args(argv)
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         parser.error(f"unknown steps {unknown}; choose from {', '.join(STEPS)}")
-    root = args.root or f"lakehouse/bench-{Path(args.config).stem}"  # lakehouse/ is git-ignored
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("py4j", "matplotlib", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from xrec_spark.config import load_config
+    from xrec_spark.eval.evaluate import evaluate
+    from xrec_spark.eval.report import build_report
+    from xrec_spark.features.build import build_features
+    from xrec_spark.session import get_spark
+    from xrec_spark.tables import Lakehouse
+    from xrec_spark.train.launch import run_training
+
+    root = args.root or f"lakehouse/bench-{Path(args.config).stem}"
     base = [f"lakehouse.root={root}", f"eval.report_dir={root}/report", *args.overrides]
-    sets = [x for o in base for x in ("--set", o)]
-    common = ["--config", args.config, *sets]
-    timings: dict[str, float] = {}
-    # model_version of each trained system, kept beside the lakehouse so that steps can be run
-    # in separate invocations (e.g. the long trainings first, evaluation later).
+    cfg = load_config(args.config, base)
+    lake = Lakehouse(get_spark(cfg), cfg.lakehouse.root)
+    Path(root).mkdir(parents=True, exist_ok=True)
+    # model_version of each trained system, so that `--steps evaluate,report` finds them later.
     versions_file = Path(root) / "bench_versions.json"
     versions: dict[str, str] = json.loads(versions_file.read_text()) if versions_file.is_file() else {}
+    timings: dict[str, float] = {}
 
-    def remember(system: str, overrides: list[str]) -> None:
-        versions[system] = _latest_model_version(args.config, overrides)
+    def train(system: str, extra: list[str]) -> None:
+        report, timings[f"train {system}"] = _timed(
+            f"train {system} {' '.join(extra)}", lambda: run_training(load_config(args.config, [*base, *extra]), lake))
+        print(report.format(), flush=True)
+        versions[system] = report.result.model_version
         versions_file.write_text(json.dumps(versions, indent=1, sort_keys=True))
 
     if "ingest" in steps:
-        timings["ingest"] = _run("ingest", "jobs.ingest", common)
+        from xrec_spark.ingest.run import run_ingest
+        summary, timings["ingest"] = _timed("ingest", lambda: run_ingest(lake.spark, lake, cfg))
+        print("\n".join(summary.lines()), flush=True)
     if "features" in steps:
-        timings["features"] = _run("features", "jobs.build_features", common)
-    if "baselines" in steps and not args.no_model:
+        summary, timings["features"] = _timed("features", lambda: build_features(lake.spark, lake, cfg))
+        print(summary.format(), flush=True)
+    if "train" in steps:
+        train("model", [])
+    if "baselines" in steps:
         for name, extra in TRAINED_BASELINES.items():
-            more = [x for o in [*extra, SINGLE_PHASE] for x in ("--set", o)]
-            timings[f"train {name}"] = _run(f"train {name}", "jobs.train", [*common, *more])
-            remember(name, [*base, *extra, SINGLE_PHASE])
-    if "train" in steps and not args.no_model:
-        timings["train"] = _run("train", "jobs.train", common)
-        remember("model", base)
-    if "export" in steps and not args.no_model:
-        version = ["--model-version", versions["model"]] if "model" in versions else []
-        timings["export"] = _run("export", "jobs.export_embeddings", [*common, *version])
+            train(name, [*extra, single_phase(cfg)])
     if "evaluate" in steps:
-        eval_sets = ["--set", "eval.include_model=" + ("false" if args.no_model else "true")]
-        if not args.no_model and "model" in versions:
-            eval_sets += ["--set", f"eval.model_version={versions['model']}"]
-        trained = {k: v for k, v in versions.items() if k in TRAINED_BASELINES}
-        if trained and not args.no_model:
-            baselines = ["popularity_global", "popularity_category", "als", *sorted(trained)]
-            eval_sets += ["--set", f"eval.baselines={json.dumps(baselines)}",
-                          "--set", f"eval.baseline_versions={json.dumps(trained)}"]
-        timings["evaluate"] = _run("evaluate", "jobs.evaluate", [*common, *eval_sets])
+        missing = [s for s in ("model", *TRAINED_BASELINES) if s not in versions]
+        if missing:
+            raise SystemExit(f"no trained version of {missing} in {versions_file}: run the train/baselines steps")
+        trained = {k: versions[k] for k in TRAINED_BASELINES}
+        eval_cfg = load_config(args.config, [
+            *base, "eval.split=test", "eval.include_model=true", f"eval.model_version={versions['model']}",
+            f"eval.baselines={json.dumps(['popularity_global', 'popularity_category', 'als', *trained])}",
+            f"eval.baseline_versions={json.dumps(trained)}"])
+        result, timings["evaluate"] = _timed("evaluate", lambda: evaluate(lake, eval_cfg))
+        print(result.format(eval_cfg.eval.ks), flush=True)
+        versions["eval_id"] = result.eval_id
+        versions_file.write_text(json.dumps(versions, indent=1, sort_keys=True))
     if "report" in steps:
-        timings["report"] = _run("report", "jobs.report", common)
-    if "evaluate" in steps or "report" in steps:
-        print("\n## Quality (" + Path(args.config).name + ")\n")
-        print(quality_table(args.config, base))
-    print("\nstep timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+        report_cfg = load_config(args.config, [*base, *([f"eval.eval_id={versions['eval_id']}"]
+                                                        if "eval_id" in versions else [])])
+        result, timings["report"] = _timed("report", lambda: build_report(lake, report_cfg))
+        print(result.format(), flush=True)
+    if "eval_id" in versions:
+        from pyspark.sql import functions as F
+
+        from xrec_spark.tables import METRICS
+        rows = lake.read(METRICS).where(F.col("eval_id") == versions["eval_id"]).toPandas()
+        print(f"\n## Quality ({Path(args.config).name}), eval_id `{versions['eval_id']}`\n")
+        print(quality_markdown(rows, "test"))
+    print("\nstep timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+          + f"; load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 
 

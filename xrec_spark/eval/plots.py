@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: workers, CI and servers have no display
 
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -30,11 +31,12 @@ def category_bars(frame: pd.DataFrame, systems: Sequence[str], path: Path, title
         low = np.clip(values - part["ci_low"].to_numpy(dtype=float), 0, None)
         high = np.clip(part["ci_high"].to_numpy(dtype=float) - values, 0, None)
         err = np.vstack([np.nan_to_num(low), np.nan_to_num(high)])
-        ax.barh(y + i * bar - 0.4 + bar / 2, np.nan_to_num(values), height=bar, xerr=err, label=system,
+        # First system on top of its group, as in the legend.
+        ax.barh(y + 0.4 - bar / 2 - i * bar, np.nan_to_num(values), height=bar, xerr=err, label=system,
                 error_kw={"elinewidth": 0.6, "capsize": 1.5, "alpha": 0.7})
     groups = frame.groupby("category")["groups"].max()
     ax.set_yticks(y, [f"{c} (n={int(groups[c])})" for c in categories], fontsize=7)
-    ax.set_xlabel("value (95% bootstrap interval)")
+    ax.set_xlabel("value (95% bootstrap interval); no bar = 0")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="x", alpha=0.3)
@@ -83,6 +85,7 @@ def training_curves(history: pd.DataFrame, path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.8))
     ax.plot(history["epoch"], history["loss"], "o-", color="tab:blue", label="train loss")
     ax.set_xlabel("epoch (all phases in order)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("train loss", color="tab:blue")
     if "phase" in history and history["phase"].notna().any():
         for phase, part in history.groupby("phase", sort=False):

@@ -129,6 +129,23 @@ def data_facts(lake: Lakehouse, versions: dict[str, int]) -> pd.DataFrame:
         .toPandas().set_index("split").reindex([C.TRAIN, C.VALID, C.TEST]))
 
 
+def split_cutoffs(lake: Lakehouse, versions: dict[str, int]) -> tuple[str, str] | None:
+    """(valid_start, test_start) of the features run that wrote the evaluated silver.interactions
+    version (meta.job_log), or None when no such run is recorded."""
+    version = versions.get(INTERACTIONS.qualified)
+    if version is None or not lake.exists(JOB_LOG):
+        return None
+    rows = (lake.read(JOB_LOG).where(F.col("job") == "features")
+            .where(F.col("output_versions")[INTERACTIONS.qualified] == int(version))
+            .orderBy(F.col("finished_at").desc()).select("summary").limit(1).collect())
+    if not rows:
+        return None
+    summary = json.loads(rows[0]["summary"] or "{}")
+    if summary.get("valid_start") and summary.get("test_start"):
+        return str(summary["valid_start"]), str(summary["test_start"])
+    return None
+
+
 def training_history(params: dict[str, Any]) -> tuple[pd.DataFrame | None, str]:
     """The run's per-epoch records, from its result.json, else its MLflow run; and the source."""
     run_dir = params.get("run_dir")
@@ -208,6 +225,7 @@ def build_report(lake: Lakehouse, cfg: JobConfig) -> ReportResult:
     names = {int(r["category_idx"]): r["category"] for r in
              lake.read(CATEGORY_INDEX, versions.get(CATEGORY_INDEX.qualified)).collect()}
     facts = data_facts(lake, versions)
+    cutoffs = split_cutoffs(lake, versions)
     k = 10 if (metrics[C.K] == 10).any() else int(metrics[C.K].dropna().min())
     figures: list[Path] = []
     systems = sorted(set(metrics.loc[metrics[C.METRIC] == C.NDCG, C.SYSTEM])
@@ -235,18 +253,22 @@ def build_report(lake: Lakehouse, cfg: JobConfig) -> ReportResult:
                                              f"model {models.get('model')}: loss and validation metric per epoch"))
         curve_note = f"![training curve](training_curve.png)\n\nSource: {source}."
     text = _markdown(eval_id, split, k, metrics, facts, versions, models, params, _seeds(run_config, cfg),
-                     figures, transfer_note, curve_note)
+                     figures, transfer_note, curve_note, cutoffs)
     (out / "index.md").write_text(text, encoding="utf-8")
     return ReportResult(out / "index.md", eval_id, figures)
 
 
 def _markdown(eval_id: str, split: str, k: int, metrics: pd.DataFrame, facts: pd.DataFrame,
               versions: dict[str, int], models: dict[str, str], params: dict[str, Any], seeds: str,
-              figures: list[Path], transfer_note: str, curve_note: str) -> str:
+              figures: list[Path], transfer_note: str, curve_note: str,
+              cutoffs: tuple[str, str] | None = None) -> str:
     fmt = lambda v: "-" if pd.isna(v) else str(v)  # noqa: E731
+    when = lambda v: "-" if pd.isna(v) else pd.Timestamp(v).strftime("%Y-%m-%d %H:%M")  # noqa: E731
     data_rows = "\n".join(
         f"| {s} | {fmt(r['rows'])} | {fmt(r['positives'])} | {fmt(r['users'])} | {fmt(r['items'])} | "
-        f"{fmt(r['first'])} | {fmt(r['last'])} |" for s, r in facts.iterrows())
+        f"{when(r['first'])} | {when(r['last'])} |" for s, r in facts.iterrows())
+    split_line = (f"Split (whole UTC days): train < {cutoffs[0]} <= valid < {cutoffs[1]} <= test."
+                  if cutoffs else "Split cutoffs: not recorded (see the first/last columns).")
     grid = metrics[metrics[C.SYSTEM].str.startswith("als[")]
     grid_text = "\n".join(f"- {r[C.SYSTEM]}: valid NDCG@{int(r[C.K])} = {r[C.VALUE]:.4f}"
                           for _, r in grid.sort_values(C.VALUE, ascending=False).iterrows()) or "- (ALS not run)"
@@ -264,7 +286,9 @@ across systems). A difference is called a win only when the two intervals do not
 
 Input table versions: {", ".join(f"{t} v{v}" for t, v in sorted(versions.items()))}
 
-| split | rows | positives | users | items | first | last |
+{split_line}
+
+| split | rows | positives | users | items | first event (UTC) | last event (UTC) |
 |---|---|---|---|---|---|---|
 {data_rows}
 
@@ -275,6 +299,13 @@ Models:
 {f"- run `{params.get('run_id')}`, checkpoint `{params.get('checkpoint_path')}`, finished {params.get('finished_at')}" if params else ""}
 
 ## Summary: NDCG@{k} per slice (all categories, micro mean over groups)
+
+Slices of a held-out positive, first match wins: `cold_item` (the item has no train
+interaction), `cold_user` (the user has none), `warm` (the user has one in this category),
+`cross_category` (the user has train interactions only in other categories). Cells: value
+[95% interval] (n = groups). ALS has no factors for users or items without train positives, so
+its `cold_user` and `cold_item` values are 0 by construction; `popularity_global` ranks one list
+for every category.
 
 {summary_table(metrics, C.NDCG, k, split)}
 
