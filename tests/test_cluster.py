@@ -1,121 +1,62 @@
-"""Jobs submitted with ``spark-submit`` to a real standalone cluster (a master and two workers on
-127.0.0.1) produce the same tables as the same jobs in local mode.
+"""Every job a cluster user runs, submitted with ``spark-submit`` to a real standalone cluster (a
+master and two workers on 127.0.0.1), compared with the same jobs in local mode.
 
-Submitted as a cluster user would: the venv's ``spark-submit``, ``--master spark://...``, the two
-Delta jars of the project cache with ``--jars`` (no network), the config file with ``--files``,
-a lakehouse root every worker can reach (a folder on this machine).
+The chain on the Ciao sample: ingest -> build_features -> train (``train.local_mode=false``: two
+barrier tasks, one per worker, each starting a torchrun rank) -> export_embeddings ->
+generate_candidates (fixed ``--date``) -> evaluate (popularity baselines and the model). How they
+are submitted: ``cluster_jobs.py``.
+
+Local-mode comparisons: bronze and silver tables equal a local run of ingest + features; for
+the steps after training, the local session re-runs export, candidates and evaluate on a copy of
+the cluster's bronze, silver and gold.runs (the same trained model) and gets the same rows.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import re
+import shutil
+from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pytest
-import yaml
 
-from conftest import CIAO_SAMPLE, REPO, make_config
-from standalone import LOOPBACK, StandaloneCluster, standalone_cluster
+from cluster_jobs import SECTIONS, assert_same_tables, submit, write_job_config
+from standalone import StandaloneCluster
+from train_tables import SMALL_MODEL
+from xrec_spark.config import build_config
 from xrec_spark.features.build import OUTPUTS as FEATURE_TABLES
-from xrec_spark.features.build import build_features
-from xrec_spark.ingest.run import run_ingest
-from xrec_spark.jars import ensure_delta_jars
-from xrec_spark.tables import BRONZE_EVENTS, BRONZE_ITEMS, BRONZE_QUARANTINE, Lakehouse, TableSpec
+from xrec_spark.tables import (
+    CANDIDATES, ITEM_EMBEDDINGS, JOB_LOG, METRICS, RUNS, USER_EMBEDDINGS, Lakehouse,
+)
+from xrec_spark.train.launch import INPUTS_READ
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-CIAO_INGEST = {"events": {"path": str(CIAO_SAMPLE), "format": "parquet",
-                          "columns": {"user_id": "user_id", "item_id": "item_id", "event_ts": "event_ts",
-                                      "value": "rating", "category": "category_id"},
-                          "default_event_type": "rating"}}
-# Tiny and fast: 2 shuffle partitions, 2 negatives per positive, 4 training files.
-SECTIONS = {"ingest": CIAO_INGEST,
-            "features": {"negatives": {"per_positive": 2}, "training_files": 4, "history_length": 5}}
-SUBMIT_TIMEOUT = 1200  # generous: a busy 2-core machine runs features in ~10 min
-# Columns that name the run rather than the data (differ between any two runs).
-RUN_COLUMNS = {"ingest_run_id", "ingested_at", "run_id", "quarantined_at", "updated_at"}
-COMPARED: tuple[TableSpec, ...] = (BRONZE_EVENTS, BRONZE_ITEMS, BRONZE_QUARANTINE, *FEATURE_TABLES)
+RUN_DATE = "2024-05-01"
+# Tiny model, one epoch per phase, two ranks as barrier tasks on the workers.
+CHAIN = {
+    **SECTIONS,
+    "model": SMALL_MODEL,
+    "train": {"num_processes": 2, "local_mode": False, "batch_size": 512, "seed": 3,
+              "phases": [{"name": "pretrain", "epochs": 1, "lr": 0.01},
+                         {"name": "freeze", "epochs": 1, "lr": 0.01},
+                         {"name": "finetune", "epochs": 1, "lr": 0.005, "shared_lr_scale": 0.1}]},
+    "batch": {"top_k": 10, "export_batch_size": 2048},
+    "eval": {"baselines": ["popularity_category", "popularity_global"], "ks": [10], "bootstrap_samples": 20},
+}
 
 
-def write_job_config(path: Path, lakehouse_root: Path, **sections: dict) -> Path:
-    """A YAML job config as a cluster user ships it (spark.* only fills what spark-submit left)."""
-    data = {"spark": {"shuffle_partitions": 2, "conf": {"spark.default.parallelism": "2",
-                                                       "spark.ui.enabled": "false"}},
-            "lakehouse": {"root": str(lakehouse_root)}, **sections}
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def submit_command(master: str, job: str, config: Path, *args: str) -> list[str]:
-    spark_submit = Path(sys.executable).parent / "spark-submit"
-    jars = ensure_delta_jars(make_config(config.parent).spark.delta)
-    return [str(spark_submit), "--master", master, "--driver-memory", "1g", "--executor-memory", "768m",
-            "--jars", ",".join(str(j.resolve()) for j in jars), "--files", str(config),
-            "--conf", "spark.ui.enabled=false", "--conf", "spark.task.maxFailures=4",
-            f"jobs/{job}.py", "--config", str(config), *args]
-
-
-def submit_env() -> dict[str, str]:
-    return {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
-            "SPARK_LOCAL_IP": LOOPBACK, "PYTHONUNBUFFERED": "1"}
-
-
-def start_submit(master: str, job: str, config: Path, *args: str, log: Path) -> subprocess.Popen:
-    """Start spark-submit in its own process group (so a test can kill exactly it and its children)."""
-    with open(log, "wb") as out:
-        return subprocess.Popen(submit_command(master, job, config, *args), cwd=REPO, env=submit_env(),
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def submit(master: str, job: str, config: Path, *args: str) -> str:
-    """Run one job to completion; returns its output, fails the test with the log tail otherwise."""
-    proc = subprocess.run(submit_command(master, job, config, *args), cwd=REPO, env=submit_env(),
-                          capture_output=True, text=True, timeout=SUBMIT_TIMEOUT, check=False)
-    if proc.returncode != 0:
-        pytest.fail(f"spark-submit {job} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return proc.stdout
-
-
-def assert_same_tables(spark, got_root: Path, want_root: Path, specs=COMPARED) -> None:
-    """Every table equal ignoring row order, counting duplicates (run-identity columns dropped)."""
-    got, want = Lakehouse(spark, str(got_root)), Lakehouse(spark, str(want_root))
-    for spec in specs:
-        cols = [c for c in spec.columns if c not in RUN_COLUMNS]
-        a, b = got.read(spec).select(cols), want.read(spec).select(cols)
-        n_a, n_b = a.count(), b.count()
-        extra, lost = a.exceptAll(b).count(), b.exceptAll(a).count()
-        assert (n_a, extra, lost) == (n_b, 0, 0), \
-            f"{spec.qualified}: {n_a} rows vs {n_b} in local mode, {extra} extra, {lost} missing"
-
-
-def local_reference(spark, root: Path) -> Path:
-    """Ingest + features on the Ciao sample in local mode (the session-wide fixture)."""
-    cfg = make_config(root, **SECTIONS)
-    lakehouse = Lakehouse(spark, str(root))
-    run_ingest(spark, lakehouse, cfg)
-    build_features(spark, lakehouse, cfg)
-    return root
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with standalone_cluster(tmp_path_factory.mktemp("standalone"), workers=2, cores=1, memory="1g") as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def reference(spark, tmp_path_factory) -> Path:
-    return local_reference(spark, tmp_path_factory.mktemp("local") / "lakehouse")
+def _apps(cluster: StandaloneCluster, worker: int) -> set[str]:
+    return {p.name for p in (cluster.log_dir / f"worker-{worker}").glob("app-*")}
 
 
 @pytest.fixture(scope="module")
 def cluster_lakehouse(cluster: StandaloneCluster, tmp_path_factory) -> tuple[Path, Path]:
     """Ingest then build_features submitted to the cluster; (config file, lakehouse root)."""
     work = tmp_path_factory.mktemp("on_cluster")
-    config = write_job_config(work / "job.yaml", work / "lakehouse", **SECTIONS)
-    out = submit(cluster.master_url, "ingest", config)
+    config = write_job_config(work / "job.yaml", work / "lakehouse", **CHAIN)
+    out = submit(cluster.master_url, "ingest", config).stdout
     assert "accepted:" in out
     submit(cluster.master_url, "build_features", config)
     return config, work / "lakehouse"
@@ -123,15 +64,14 @@ def cluster_lakehouse(cluster: StandaloneCluster, tmp_path_factory) -> tuple[Pat
 
 def test_executors_ran_on_the_workers(cluster, cluster_lakehouse):
     """The work really went to the workers: each worker launched executors for our apps."""
-    apps = {p.name for w in range(2) for p in (cluster.log_dir / f"worker-{w}").iterdir()}
-    assert len(apps) >= 2  # ingest and build_features, each an application on both workers
     for w in range(2):
+        assert len(_apps(cluster, w)) >= 2, f"worker {w} ran executors for fewer than 2 applications"
         assert list((cluster.log_dir / f"worker-{w}").glob("app-*/*/stderr")), f"worker {w} ran no executor"
 
 
-def test_ingest_and_features_equal_local_mode(spark, cluster_lakehouse, reference):
+def test_ingest_and_features_equal_local_mode(spark, cluster_lakehouse, ciao_reference):
     _, root = cluster_lakehouse
-    assert_same_tables(spark, root, reference)
+    assert_same_tables(spark, root, ciao_reference)
 
 
 def test_features_rerun_on_cluster_is_a_no_op(spark, cluster, cluster_lakehouse):
@@ -139,5 +79,115 @@ def test_features_rerun_on_cluster_is_a_no_op(spark, cluster, cluster_lakehouse)
     config, root = cluster_lakehouse
     lakehouse = Lakehouse(spark, str(root))
     before = lakehouse.versions(FEATURE_TABLES)
-    submit(cluster.master_url, "build_features", config)
+    out = submit(cluster.master_url, "build_features", config).stdout
+    assert "inputs unchanged" in out
     assert lakehouse.versions(FEATURE_TABLES) == before
+
+
+@pytest.fixture(scope="module")
+def trained(cluster: StandaloneCluster, cluster_lakehouse) -> dict:
+    """train submitted with local_mode=false; its output and the applications it added per worker."""
+    config, root = cluster_lakehouse
+    before = [_apps(cluster, w) for w in range(2)]
+    proc = submit(cluster.master_url, "train", config)
+    return {"stdout": proc.stdout, "stderr": proc.stderr,
+            "apps": [_apps(cluster, w) - before[w] for w in range(2)]}
+
+
+def test_training_runs_as_barrier_tasks_on_both_workers(spark, cluster, cluster_lakehouse, trained):
+    """Two torchrun ranks started by a barrier stage with one task in an executor of each worker
+    (not on the driver); the gold.runs row names the pinned input versions."""
+    _, root = cluster_lakehouse
+    out = trained["stdout"] + trained["stderr"]   # spark-submit merges the driver's stderr into stdout
+    assert "on 2 process(es), local_mode=False" in out, out[-3000:]
+    assert re.search(r"^trained m-\w+ \(run \w+\) on 2 process\(es\): 3 epochs", out, re.M), out[-3000:]
+    # Each worker's executor of the training application ran one task of the barrier stage.
+    barrier_tasks = {}
+    for w in range(2):
+        (app,) = trained["apps"][w]
+        text = "".join(p.read_text(errors="replace") for p in (cluster.log_dir / f"worker-{w}" / app).glob("*/stderr"))
+        barrier_tasks[w] = set(re.findall(r"BarrierTaskContext: Task (\d+) from Stage (\d+)\(Attempt 0\) has entered "
+                                          r"the global sync", text))
+    assert all(len(tasks) == 1 for tasks in barrier_tasks.values()), barrier_tasks
+    (task0, stage0), (task1, stage1) = barrier_tasks[0].pop(), barrier_tasks[1].pop()
+    assert stage0 == stage1 and task0 != task1, barrier_tasks
+
+    lake = Lakehouse(spark, str(root))
+    runs = lake.read(RUNS).collect()
+    assert len(runs) == 1
+    row = runs[0]
+    pinned = {spec.qualified: lake.version(spec) for spec in INPUTS_READ}
+    assert row["input_versions"] == pinned
+    assert Path(row["checkpoint_path"]).is_file()
+    assert np.isfinite(row["metrics"]["final_loss"])
+    assert lake.read(JOB_LOG).where("job = 'train'").count() == 1
+
+
+@pytest.fixture(scope="module")
+def served(cluster: StandaloneCluster, cluster_lakehouse, trained) -> dict[str, str]:
+    """export_embeddings, generate_candidates --date, evaluate, each submitted to the cluster."""
+    config, _ = cluster_lakehouse
+    return {job: submit(cluster.master_url, job, config, *args).stdout
+            for job, args in (("export_embeddings", ()), ("generate_candidates", ("--date", RUN_DATE)),
+                              ("evaluate", ()))}
+
+
+@pytest.fixture(scope="module")
+def served_locally(spark, cluster_lakehouse, served, tmp_path_factory) -> Path:
+    """The same three steps in local mode on a copy of the cluster's inputs (bronze, silver,
+    gold.runs: the model trained on the cluster)."""
+    from xrec_spark.batch.export import export_embeddings
+    from xrec_spark.batch.generate import generate_candidates
+    from xrec_spark.eval.evaluate import evaluate
+
+    config, root = cluster_lakehouse
+    copy = tmp_path_factory.mktemp("served_locally") / "lakehouse"
+    for part in ("bronze", "silver", "gold/runs"):
+        shutil.copytree(root / part, copy / part)
+    cfg = build_config({**CHAIN, "lakehouse": {"root": str(copy)}}, origin="test")
+    lake = Lakehouse(spark, str(copy))
+    export_embeddings(lake, cfg)
+    generate_candidates(lake, cfg, date.fromisoformat(RUN_DATE))
+    evaluate(lake, cfg)
+    return copy
+
+
+def _frame(spark, root: Path, spec, drop=()):
+    """The table as pandas, without ``drop``, in key order."""
+    keys = [k for k in spec.keys if k not in drop]
+    return (Lakehouse(spark, str(root)).read(spec).drop(*drop).toPandas()
+            .sort_values(keys).reset_index(drop=True))
+
+
+def test_embeddings_equal_local_mode(spark, cluster_lakehouse, served, served_locally):
+    _, root = cluster_lakehouse
+    for spec in (ITEM_EMBEDDINGS, USER_EMBEDDINGS):
+        got, want = _frame(spark, root, spec), _frame(spark, served_locally, spec)
+        assert len(got) > 0
+        keys = [c for c in got.columns if c != "vector"]
+        assert got[keys].equals(want[keys]), f"{spec.qualified}: keys differ from local mode"
+        np.testing.assert_allclose(np.stack(got["vector"]), np.stack(want["vector"]), rtol=1e-5, atol=1e-6)
+
+
+def test_candidates_equal_local_mode(spark, cluster_lakehouse, served, served_locally):
+    _, root = cluster_lakehouse
+    got, want = _frame(spark, root, CANDIDATES), _frame(spark, served_locally, CANDIDATES)
+    assert len(got) > 0 and set(got["run_date"].astype(str)) == {RUN_DATE}
+    assert set(got["source"]) <= {"model", "fallback"} and (got["source"] == "model").any()
+    pairs = ["run_date", "user_idx", "category_idx"]
+    assert got[pairs].drop_duplicates().equals(want[pairs].drop_duplicates())
+    assert got.groupby(pairs).size().equals(want.groupby(pairs).size())
+    exact = [c for c in got.columns if c != "score"]
+    assert got[exact].equals(want[exact]), "candidate lists differ from local mode"
+    np.testing.assert_allclose(got["score"], want["score"], rtol=1e-5, atol=1e-6)
+
+
+def test_evaluation_equals_local_mode(spark, cluster_lakehouse, served, served_locally):
+    _, root = cluster_lakehouse
+    drop = ("eval_id", "input_versions", "ci_low", "ci_high")
+    got = _frame(spark, root, METRICS, drop)
+    want = _frame(spark, served_locally, METRICS, drop)
+    assert {"model", "popularity_category", "popularity_global"} <= set(got["system"])
+    exact = [c for c in got.columns if c != "value"]
+    assert got[exact].equals(want[exact])
+    np.testing.assert_allclose(got["value"].astype(float), want["value"].astype(float), rtol=1e-6, equal_nan=True)

@@ -21,10 +21,8 @@ import pandas as pd
 import pytest
 
 from conftest import CIAO_SAMPLE, make_config
-from standalone import _spawn, free_port, standalone_cluster
-from test_cluster import (
-    CIAO_INGEST, SECTIONS, assert_same_tables, local_reference, start_submit, write_job_config,
-)
+from cluster_jobs import CIAO_INGEST, SECTIONS, assert_same_tables, start_submit, write_job_config
+from standalone import _spawn, free_port
 from xrec_spark.features.build import OUTPUTS as FEATURE_TABLES
 from xrec_spark.ingest.run import run_ingest
 from xrec_spark.tables import BRONZE_EVENTS, Lakehouse
@@ -32,15 +30,9 @@ from xrec_spark.tables import BRONZE_EVENTS, Lakehouse
 JOB_TIMEOUT = 1200
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with standalone_cluster(tmp_path_factory.mktemp("standalone"), workers=2, cores=1, memory="1g") as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def reference(spark, tmp_path_factory) -> Path:
-    return local_reference(spark, tmp_path_factory.mktemp("local") / "lakehouse")
+@pytest.fixture
+def reference(ciao_reference) -> Path:
+    return ciao_reference
 
 
 def _copy_layers(src: Path, dst: Path, layers: tuple[str, ...]) -> Path:
