@@ -93,7 +93,7 @@ def verdicts(metrics: pd.DataFrame, metric: str, k: int, split: str, model: str 
         if others.empty:
             continue
         best = others.sort_values(C.VALUE, ascending=False).iloc[0]
-        rel = (mine[C.VALUE] / best[C.VALUE] - 1) * 100 if best[C.VALUE] > 0 else float("nan")
+        rel = f"{(mine[C.VALUE] / best[C.VALUE] - 1) * 100:+.1f}%" if best[C.VALUE] > 0 else "n/a (baseline 0)"
         if int(mine[C.GROUPS]) < MIN_GROUPS_FOR_VERDICT:
             verdict = f"too few groups (< {MIN_GROUPS_FOR_VERDICT}) for a verdict"
         elif is_win(mine[C.CI_LOW], best[C.CI_HIGH]):
@@ -103,7 +103,7 @@ def verdicts(metrics: pd.DataFrame, metric: str, k: int, split: str, model: str 
         else:
             verdict = "no clear difference (intervals overlap)"
         lines.append(f"| {s} | {mine[C.VALUE]:.4f} | {best[C.SYSTEM]} {best[C.VALUE]:.4f} | "
-                     f"{rel:+.1f}% | {verdict} |")
+                     f"{rel} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -232,8 +232,16 @@ def build_report(lake: Lakehouse, cfg: JobConfig) -> ReportResult:
                      - {s for s in metrics[C.SYSTEM] if s.startswith("als[")}, key=lambda s: (s != "model", s))
     per_cat = metrics[(metrics[C.METRIC] == C.NDCG) & (metrics[C.K] == k) & (metrics["split"] == split)
                       & ~metrics[C.CATEGORY_NAME].isin([C.ALL, C.MACRO])]
+    bar_notes: list[str] = []
     for slice_name in (C.ALL, C.CROSS_CATEGORY):
         part = per_cat[per_cat[C.SLICE] == slice_name]
+        # A category with a handful of groups gives bars whose intervals span everything.
+        sizes = part.groupby(C.CATEGORY_NAME)[C.GROUPS].max()
+        shown = sizes[sizes >= MIN_GROUPS_FOR_VERDICT].index
+        if len(sizes) > len(shown):
+            bar_notes.append(f"Slice `{slice_name}`: {len(shown)} of {len(sizes)} categories have at least "
+                             f"{MIN_GROUPS_FOR_VERDICT} groups and are drawn; the others are left out.")
+        part = part[part[C.CATEGORY_NAME].isin(shown)]
         if len(part):
             figures.append(plots.category_bars(part, systems, out / f"ndcg{k}_by_category_{slice_name}.png",
                                                f"NDCG@{k} per category, slice {slice_name} ({split})"))
@@ -253,7 +261,7 @@ def build_report(lake: Lakehouse, cfg: JobConfig) -> ReportResult:
                                              f"model {models.get('model')}: loss and validation metric per epoch"))
         curve_note = f"![training curve](training_curve.png)\n\nSource: {source}."
     text = _markdown(eval_id, split, k, metrics, facts, versions, models, params, _seeds(run_config, cfg),
-                     figures, transfer_note, curve_note, cutoffs)
+                     figures, transfer_note, curve_note, cutoffs, bar_notes)
     (out / "index.md").write_text(text, encoding="utf-8")
     return ReportResult(out / "index.md", eval_id, figures)
 
@@ -261,7 +269,7 @@ def build_report(lake: Lakehouse, cfg: JobConfig) -> ReportResult:
 def _markdown(eval_id: str, split: str, k: int, metrics: pd.DataFrame, facts: pd.DataFrame,
               versions: dict[str, int], models: dict[str, str], params: dict[str, Any], seeds: str,
               figures: list[Path], transfer_note: str, curve_note: str,
-              cutoffs: tuple[str, str] | None = None) -> str:
+              cutoffs: tuple[str, str] | None = None, bar_notes: list[str] | None = None) -> str:
     fmt = lambda v: "-" if pd.isna(v) else str(v)  # noqa: E731
     when = lambda v: "-" if pd.isna(v) else pd.Timestamp(v).strftime("%Y-%m-%d %H:%M")  # noqa: E731
     data_rows = "\n".join(
@@ -272,7 +280,8 @@ def _markdown(eval_id: str, split: str, k: int, metrics: pd.DataFrame, facts: pd
     grid = metrics[metrics[C.SYSTEM].str.startswith("als[")]
     grid_text = "\n".join(f"- {r[C.SYSTEM]}: valid NDCG@{int(r[C.K])} = {r[C.VALUE]:.4f}"
                           for _, r in grid.sort_values(C.VALUE, ascending=False).iterrows()) or "- (ALS not run)"
-    bars = "\n\n".join(f"![{p.stem}]({p.name})" for p in figures if p.name.startswith("ndcg"))
+    bars = "\n\n".join([*(bar_notes or []), *(f"![{p.stem}]({p.name})" for p in figures
+                                                  if p.name.startswith("ndcg"))])
     model_lines = "\n".join(f"- {s}: model_version `{v}`" for s, v in models.items()) or "- none (baselines only)"
     return f"""# Evaluation report
 
