@@ -9,6 +9,7 @@ tests (see RELIABILITY.md).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -63,28 +64,61 @@ def _replace_worker(cluster, index: int) -> None:
     cluster.wait_for_workers(len(cluster.workers))
 
 
+class _ExecutorTasks:
+    """Follows the stderr of a worker's executor for the application started after
+    ``apps_before``: which task ids it has started and not yet finished."""
+
+    _LINE = re.compile(r"Executor: (Running|Finished) task \S+ in stage \S+ \(TID (\d+)\)")
+
+    def __init__(self, worker_dir: Path, apps_before: set[Path]) -> None:
+        self.worker_dir, self.apps_before = worker_dir, apps_before
+        self.offset, self.started, self.finished = 0, set(), set()
+
+    def running(self) -> set[str]:
+        logs = [p for app in set(self.worker_dir.glob("app-*")) - self.apps_before for p in app.glob("*/stderr")]
+        if logs:
+            with open(logs[0], "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+            end = chunk.rfind(b"\n") + 1   # whole lines only
+            self.offset += end
+            for kind, tid in self._LINE.findall(chunk[:end].decode(errors="replace")):
+                (self.started if kind == "Running" else self.finished).add(tid)
+        return self.started - self.finished
+
+
 @pytest.mark.cluster
 @pytest.mark.slow
 def test_worker_killed_during_features_job_still_gives_correct_tables(spark, cluster, reference, tmp_path):
     root = _copy_layers(reference, tmp_path / "lakehouse", ("bronze",))
     config = write_job_config(tmp_path / "job.yaml", root, **SECTIONS)
     log = tmp_path / "submit.log"
+    apps_before = set((cluster.log_dir / "worker-0").glob("app-*"))
     proc = start_submit(cluster.master_url, "build_features", config, log=log)
+    killed = None
     try:
-        # Kill once the job is computing (its first silver table exists), not before it starts.
+        # Kill once the job is computing (its first silver table exists), not before it starts,
+        # and preferably while worker 0's executor is running a task (so that task is lost).
         deadline = time.monotonic() + JOB_TIMEOUT
         while not (root / "silver").exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
+        tasks = _ExecutorTasks(cluster.log_dir / "worker-0", apps_before)
+        wait_for_task = time.monotonic() + 120
+        while proc.poll() is None and not tasks.running() and time.monotonic() < wait_for_task:
+            time.sleep(0.05)
         assert proc.poll() is None, f"job ended before the fault; log:\n{log.read_text()[-3000:]}"
         killed = cluster.kill_worker(0)
-        assert killed > 0
         code = _wait(proc, log)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert code == 0, log.read_text()[-4000:]
+        if killed is not None:
+            _replace_worker(cluster, 0)   # later tests get two workers again
+    text = log.read_text(errors="replace")
+    assert code == 0, text[-4000:]
+    # The fault reached the job: the driver lost the killed worker's executor and went on.
+    assert re.search(r"Lost executor \d+ on|Executor .* removed|Removed executor", text), text[-4000:]
     assert_same_tables(spark, root, reference, FEATURE_TABLES)
-    _replace_worker(cluster, 0)
 
 
 @pytest.mark.cluster
