@@ -25,10 +25,12 @@ $(JARS): $(STAMP)
 demo: setup
 	$(BIN)/xrec demo --config conf/local.yaml
 
-# Cluster tests (a standalone master + 2 workers on 127.0.0.1) are not yet verified end to
-# end, so they run on their own: `make test-cluster`.
+# Everything CI runs: the local-mode suite, then the cluster tests (a standalone master and two
+# workers on 127.0.0.1, jobs sent with spark-submit) in their own session, so the cluster lives
+# only while they run. Both always run; either failing fails the target. `make test-cluster`
+# runs only the latter, `make test-fast` skips both the slow and the cluster tests.
 test: setup
-	$(BIN)/pytest -m "not cluster"
+	status=0; $(BIN)/pytest -m "not cluster" || status=1; $(BIN)/pytest -m cluster || status=1; exit $$status
 
 test-cluster: setup
 	$(BIN)/pytest -m cluster
