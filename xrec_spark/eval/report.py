@@ -238,7 +238,12 @@ def build_report(lake: Lakehouse, cfg: JobConfig) -> ReportResult:
         # A category with a handful of groups gives bars whose intervals span everything.
         sizes = part.groupby(C.CATEGORY_NAME)[C.GROUPS].max()
         shown = sizes[sizes >= MIN_GROUPS_FOR_VERDICT].index
-        if len(sizes) > len(shown):
+        if len(shown) == 0 and len(sizes):
+            # Small data: better every category with a warning than no figure at all.
+            shown = sizes.index
+            bar_notes.append(f"Slice `{slice_name}`: no category has {MIN_GROUPS_FOR_VERDICT} groups; all "
+                             f"{len(sizes)} are drawn, and their intervals are wide.")
+        elif len(sizes) > len(shown):
             bar_notes.append(f"Slice `{slice_name}`: {len(shown)} of {len(sizes)} categories have at least "
                              f"{MIN_GROUPS_FOR_VERDICT} groups and are drawn; the others are left out.")
         part = part[part[C.CATEGORY_NAME].isin(shown)]
