@@ -175,3 +175,20 @@ def test_features_job_pointed_at_a_missing_lakehouse_fails_before_writing(spark,
         job.main(["--set", f"lakehouse.root={wrong}", "--set", "spark.master=local[2]"])
     assert Lakehouse(spark, str(wrong)).versions(ALL_TABLES) == {}
     assert lakehouse.versions(ALL_TABLES) == before
+
+
+@pytest.mark.slow
+def test_training_on_a_single_day_of_events_says_why_there_is_nothing_to_train(spark, tmp_path):
+    """Every event on one day: the whole-day temporal split has no train day, so training has no
+    examples. The error says why and what to do; no gold.runs row is written."""
+    from xrec_spark.tables import RUNS
+    from xrec_spark.train.launch import run_training
+
+    one_day = _frame(12).assign(event_ts=[datetime(2020, 1, 1, h, tzinfo=timezone.utc) for h in range(12)])
+    cfg = _cfg(tmp_path, _write(one_day, tmp_path / "one-day" / "part-0.parquet"))
+    lakehouse = Lakehouse(spark, cfg.lakehouse.root)
+    run_ingest(spark, lakehouse, cfg)
+    build_features(spark, lakehouse, cfg)
+    with pytest.raises(ValueError, match=r"training_examples version \d+ has no rows: .*single day of events"):
+        run_training(cfg, lakehouse)
+    assert not lakehouse.exists(RUNS)

@@ -122,7 +122,10 @@ def build_spec(cfg: JobConfig, lake: Lakehouse, resume: ResumeMode = "auto", fai
             inputs[spec.qualified] = pinned
     examples = inputs[TRAINING_EXAMPLES.qualified]
     if not examples.files:
-        raise ValueError(f"{TRAINING_EXAMPLES.qualified} version {examples.version} has no rows")
+        raise ValueError(f"{TRAINING_EXAMPLES.qualified} version {examples.version} has no rows: no positive "
+                         "interaction fell in the train split. The temporal split (features.split) cuts at whole "
+                         "days, so a lakehouse holding a single day of events has no train days: ingest more "
+                         "history, set features.split dates, or check features.positive_min_value")
     if len(examples.files) < cfg.train.num_processes:
         log.warning("%s has %d files for %d processes: petastorm needs at least one row group per rank "
                     "(raise features.training_files)", TRAINING_EXAMPLES.qualified, len(examples.files),
