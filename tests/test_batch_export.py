@@ -123,6 +123,30 @@ def test_export_matches_model_scores_covers_cold_items_and_is_idempotent(lakehou
     assert per_version == {"m1": 9, "m2": 9}
 
 
+def test_a_category_that_appeared_after_training_falls_back_to_popularity(lakehouse, lakehouse_root, tmp_path):
+    """The model knows books and music only (n_categories = 2); games (k = 3) appeared later.
+    Export must not fail: games items get vectors from content and popularity (user 3's
+    history holds one, so user encoding meets them too), no (user, games) vector is written,
+    and the candidates of every games pair come from the popularity fallback."""
+    sizes = ModelSizes(n_users=5, n_items=6, n_categories=2)
+    path = tmp_path / "ckpt" / "m1.pt"
+    save_model(path, CrossCategoryModel(MODEL, sizes, _content(6)).eval(), {"model_version": "m1"})
+    write_silver(lakehouse)
+    write_run(lakehouse, "m1", path)
+    cfg = make_config(lakehouse_root, batch={**BATCH, "target_categories": []}, features=FEATURES)
+    result = export_embeddings(lakehouse, cfg)
+    items = _vectors(lakehouse.read(ITEM_EMBEDDINGS), "item_idx")
+    assert sorted(items) == [(i,) for i in range(1, 10)]
+    assert all(np.isfinite(v).all() for v in items.values())
+    pairs = set(_vectors(lakehouse.read(USER_EMBEDDINGS), "user_idx", "category_idx"))
+    assert pairs and all(c <= 2 for _, c in pairs)
+    assert result.user_pairs == len(pairs)
+    generate_candidates(lakehouse, cfg, date(2024, 6, 1))
+    games = lakehouse.read(CANDIDATES).where("category_idx = 3")
+    assert games.count() > 0
+    assert {r.source for r in games.select("source").distinct().collect()} == {"fallback"}
+
+
 def test_export_errors_name_what_is_missing(lakehouse, lakehouse_root, tmp_path):
     cfg = make_config(lakehouse_root, batch=BATCH, features=FEATURES)
     with pytest.raises(NoModelError, match="gold.runs does not exist"):

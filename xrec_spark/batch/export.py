@@ -144,23 +144,27 @@ def user_embedding_rows(users: DataFrame, handle: ModelHandle, model_version: st
 
     A pair whose user has neither history nor an id embedding (user_idx above the model's
     n_users) gets no row: such a vector would be the same for everyone; candidates fall back
-    to popularity for it.
+    to popularity for it. A pair in a category the model was not trained with (category_idx
+    above its n_categories: the category appeared after training) gets no row either: the model
+    has no head for it, so candidates fall back to popularity there until the next retrain.
     """
 
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import torch
 
         model = handle.get()
-        n_users = model.sizes.n_users
+        n_users, n_categories = model.sizes.n_users, model.sizes.n_categories
         for batch in _batches(frames, batch_size):
             history = _history_matrix(batch["history"].tolist(), history_length)
             user = batch["user_idx"].to_numpy(dtype=np.int64)
-            keep = (history != 0).any(axis=1) | ((user >= 1) & (user <= n_users))
+            category = batch["category_idx"].to_numpy(dtype=np.int64)
+            keep = (((history != 0).any(axis=1) | ((user >= 1) & (user <= n_users)))
+                    & (category >= 1) & (category <= n_categories))
             if not keep.any():
                 continue
             t = {name: torch.as_tensor(a, device=handle.device) for name, a in
                  (("user", user[keep]), ("history", history[keep]),
-                  ("category", batch["category_idx"].to_numpy(dtype=np.int64)[keep]))}
+                  ("category", category[keep]))}
             with torch.inference_mode():
                 vectors = model.user_vectors(t["user"], t["history"], t["category"]).float().cpu().numpy()
             yield pd.DataFrame({

@@ -81,7 +81,8 @@ class ItemTower(nn.Module):
     """g(i) = id(i)·keep + content(i) + category(i) + popularity(i): item_idx long ``[N]`` -> ``[N, D]``.
 
     Content lives in non-persistent buffers (swap with :meth:`set_content`); an item above
-    ``n_items`` or with its id dropped is represented by content, category and popularity.
+    ``n_items`` or with its id dropped is represented by content, category and popularity; an
+    item of a category above ``n_categories`` (added after training) by content and popularity.
 
     Example::
 
@@ -126,7 +127,9 @@ class ItemTower(nn.Module):
     def forward(self, item_idx: Tensor) -> Tensor:
         keep = self.dropout(item_idx.shape[0], item_idx.device)
         out = lookup(self.ids, item_idx) * keep
-        out = out + self.category(self.content_category[item_idx])
+        # lookup: an item of a category added after training (above n_categories) gets a zero
+        # category vector instead of an index error, like an item above n_items gets no id vector.
+        out = out + lookup(self.category, self.content_category[item_idx])
         out = out + self.popularity(self.content_log_popularity[item_idx].unsqueeze(-1))
         if self.content is not None:
             text = None if self.content_text_vector is None else self.content_text_vector[item_idx]
