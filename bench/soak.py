@@ -1,11 +1,14 @@
 """Soak: the nightly chain (jobs/nightly.py's library call) for N consecutive synthetic days.
 
-    .venv/bin/python bench/soak.py                     # 7 days, new users/items/category from day 4
+    .venv/bin/python bench/soak.py                     # 7 nights, new users/items/category from night 4
     .venv/bin/python bench/soak.py --days 3 --events-per-day 500
 
-Day d (0-based) gets the synthetic generator's events of day d (``write_synthetic(day=d)``);
-from ``--new-category-day`` (0-based, default 3 = the 4th day) a new category with new users and
-items appears. After each night it checks, and prints:
+First a backfill: the ``--history-days`` days before the first night are ingested at once (a
+nightly deployment starts from history: the temporal split works in whole days, so a lakehouse
+holding a single day has no train rows and nothing to train on). Then night n (0-based) ingests
+the synthetic generator's events of its own day (``write_synthetic(day=history + n)``) and runs
+the nightly chain for that date; from night ``--new-category-day`` (0-based, default 3 = the 4th
+night) a new category with new users and items appears. After each night it checks, and prints:
 
 - indexes stable: every (natural id -> dense idx) of the day before is unchanged;
 - no duplicate keys in any gold table (keys as declared in tables.py);
@@ -33,7 +36,8 @@ from pyspark.sql import functions as F  # noqa: E402
 
 from xrec_spark.batch.nightly import _OUTPUTS, run_nightly  # noqa: E402
 from xrec_spark.config import SyntheticConfig, build_config  # noqa: E402
-from xrec_spark.ingest.synthetic import synthetic_ingest_config, write_synthetic  # noqa: E402
+from xrec_spark.ingest.run import run_ingest  # noqa: E402
+from xrec_spark.ingest.synthetic import SyntheticPaths, synthetic_ingest_config, write_synthetic  # noqa: E402
 from xrec_spark.session import get_spark  # noqa: E402
 from xrec_spark.tables import (  # noqa: E402
     ALL_TABLES, CANDIDATES, CATEGORY_INDEX, ITEM_INDEX, USER_INDEX, Lakehouse, TableSpec,
@@ -49,20 +53,24 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--days", type=int, default=7)
     p.add_argument("--events-per-day", type=int, default=1500)
     p.add_argument("--new-category-day", type=int, default=3)
+    p.add_argument("--history-days", type=int, default=9,
+                   help="days of events ingested before the first night (9: train 8 days, valid 1, test 1)")
     p.add_argument("--work", default="/tmp/xrec-soak")
     p.add_argument("--start", type=date.fromisoformat, default=date(2024, 5, 1))
     return p.parse_args(argv)
 
 
 def _config(root: Path, args: argparse.Namespace):
+    days = args.history_days + args.days
     return build_config({
         "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "3g",
                   "delta": {"jars_dir": str(REPO / ".cache" / "jars")},
                   "conf": {"spark.ui.enabled": "false", "spark.default.parallelism": "2"}},
         "lakehouse": {"root": str(root / "lakehouse")},
-        "synthetic": {"users": 300, "items": 400, "categories": 4, "events": args.events_per_day * args.days,
-                      "days": args.days, "start": args.start.isoformat(), "files": 1,
-                      "new_category_day": args.new_category_day, "new_category_items": 40,
+        "synthetic": {"users": 300, "items": 400, "categories": 4, "events": args.events_per_day * days,
+                      "days": days, "start": (args.start - timedelta(days=args.history_days)).isoformat(),
+                      "files": 1, "new_category_day": args.history_days + args.new_category_day,
+                      "new_category_items": 40,
                       "new_category_users": 30, "new_category_share": 0.3},
         "features": {"history_length": 5, "negatives": {"per_positive": 1}, "training_files": 2},
         "model": {"embedding_dim": 8, "hidden_dim": 16, "hash_buckets": 1024, "max_tokens": 8},
@@ -111,9 +119,21 @@ def main(argv: list[str] | None = None) -> int:
     new_category = f"cat{cfg.synthetic.categories + 1:02d}"
     ok, report = True, []
     previous = {spec.qualified: {} for spec, _, _ in INDEXES}
-    for day in range(args.days):
+    landing = str(work / "landing")
+    if args.history_days:
+        clock = time.perf_counter()
+        for d in range(args.history_days):
+            write_synthetic(spark, cfg.synthetic, landing, day=d)
+        # Every history day's events; the items folder of the last one (each holds all items so far).
+        history = SyntheticPaths(f"{landing}/events-day-*", f"{landing}/items-day-{args.history_days - 1:04d}",
+                                 f"{landing}/users-day-{args.history_days - 1:04d}")
+        backfill = run_ingest(spark, lake, cfg.model_copy(
+            update={"ingest": synthetic_ingest_config(history, cfg.synthetic, cfg.ingest)}))
+        print(json.dumps({"backfill_days": args.history_days, "events": backfill.inserted_events,
+                          "seconds": round(time.perf_counter() - clock, 1)}), flush=True)
+    for day in range(args.days):  # night index, 0-based (printed as day 1..N)
         run_date = args.start + timedelta(days=day)
-        paths = write_synthetic(spark, cfg.synthetic, str(work / "landing"), day=day)
+        paths = write_synthetic(spark, cfg.synthetic, landing, day=args.history_days + day)
         day_cfg = cfg.model_copy(update={"ingest": synthetic_ingest_config(paths, cfg.synthetic, cfg.ingest)})
         before = lake.versions(ALL_TABLES)
         clock = time.perf_counter()
