@@ -25,7 +25,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from conftest import make_config
-from xrec_spark.config import NegativesConfig
+from xrec_spark.config import NegativesConfig, NegativeStrategy
 from xrec_spark.features.build import build_features
 from xrec_spark.features.history import positives_with_history, train_positives
 from xrec_spark.features.negatives import sample_negatives, sampling_pools
@@ -296,10 +296,12 @@ def test_popularity_draws_follow_count_power_alpha(spark):
     # positive of every user; 2000 positives, one popularity slot each.
     items = spark.createDataFrame([(1, 1, 1), (2, 1, 9), (3, 1, 0)], "item_idx int, category_idx int, train_count long")
     positives = spark.range(2000).select(F.col("id").cast("int").alias("user_idx"), F.lit(3).alias("item_idx"),
-                                         F.lit(1).alias("category_idx"), F.lit(1.0).cast("float").alias("weight"))
+                                         F.lit(1).alias("category_idx"), F.lit(ts(1)).alias("ts"),
+                                         F.lit(1.0).cast("float").alias("weight"))
     cfg = NegativesConfig(per_positive=1, strategies=["popularity"], popularity_alpha=1.0, attempts=1)
     pools = sampling_pools(items, cfg)
-    assert {(r["item_idx"], r["lo"], r["hi"]) for r in pools.collect()} == {(1, 0.0, 0.1), (2, 0.1, 1.0)}
+    assert pools[NegativeStrategy.POPULARITY].probabilities(1) == pytest.approx({1: 0.1, 2: 0.9})
+    assert pools[NegativeStrategy.POPULARITY].probabilities(2) == {}  # no such category: nothing to draw
     drawn = sample_negatives(positives, pools, positives.limit(0), cfg, seed=3)
     counts = {r["item_idx"]: r["count"] for r in drawn.groupBy("item_idx").count().collect()}
     assert sum(counts.values()) == 2000

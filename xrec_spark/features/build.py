@@ -31,12 +31,12 @@ from pyspark.sql import functions as F
 
 from xrec_spark.config import JobConfig
 from xrec_spark.features.common import TRAIN
-from xrec_spark.features.history import positives_with_history, train_positives, user_history
+from xrec_spark.features.history import train_positives, user_history
 from xrec_spark.features.indexing import first_seen, new_index_rows
 from xrec_spark.features.interactions import index_pairs, label_and_weight, latest_pairs, resolve_categories
 from xrec_spark.features.items import item_categories, item_features, item_text
 from xrec_spark.features.matrices import category_transfer, top_transfer_pairs, user_category_affinity
-from xrec_spark.features.negatives import sample_negatives, sampling_pools, training_examples
+from xrec_spark.features.negatives import sampling_pools, training_examples
 from xrec_spark.features.splits import (
     Cutoffs, assign_slices, assign_split, fraction_cutoffs, resolve_cutoffs_config,
 )
@@ -263,18 +263,8 @@ def _build_examples(run: _Run, cfg: JobConfig) -> None:
     positives = train_positives(lakehouse.read(INTERACTIONS))
     run.overwrite(USER_HISTORY, user_history(positives, lakehouse.read(USER_INDEX), fcfg.history_length))
     run.done("user_history")
-    pools = None
-    if fcfg.negatives.per_positive > 0:
-        # The pools feed four broadcasts (first draws and redraws): computed once.
-        pools = sampling_pools(lakehouse.read(ITEM_FEATURES), fcfg.negatives).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        negatives = sample_negatives(positives, pools, lakehouse.read(USER_CATEGORY_AFFINITY), fcfg.negatives,
-                                     fcfg.seed)
-        run.overwrite(TRAINING_EXAMPLES, training_examples(
-            positives_with_history(positives, fcfg.history_length), negatives, fcfg.training_files))
-    finally:
-        if pools is not None:
-            pools.unpersist()
+    pools = sampling_pools(lakehouse.read(ITEM_FEATURES), fcfg.negatives) if fcfg.negatives.per_positive else None
+    run.overwrite(TRAINING_EXAMPLES, training_examples(positives, pools, lakehouse.read(USER_CATEGORY_AFFINITY), fcfg))
     run.done("training_examples")
 
 

@@ -6,6 +6,9 @@ imported so that features does not depend on eval.
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
@@ -19,16 +22,34 @@ SECONDS_PER_DAY = 86_400
 _MANTISSA = 2**53
 
 
-def uniform01(seed: int, tag: str, *cols: str | Column) -> Column:
-    """A reproducible uniform draw in [0, 1) from a hash of ``seed``, ``tag`` and ``cols``.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
 
-    ``F.rand(seed)`` depends on the partition a row lands in and its position there, which
-    shuffles do not preserve; hashing the row's own key gives the same draw on every run and on
-    every cluster layout. ``tag`` separates independent draws made from the same key.
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijection of uint64 that spreads every input bit."""
+    z = z + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def uniform01(seed: int, tag: str, *keys: np.ndarray) -> np.ndarray:
+    """Reproducible uniform draws in [0, 1) from a hash of ``seed``, ``tag`` and ``keys``.
+
+    ``keys`` are integer arrays broadcast together (one draw per element of the broadcast
+    shape). A seeded generator would depend on which rows share a batch and in what order;
+    hashing each row's own key gives the same draw on every run and every cluster layout.
+    ``tag`` separates independent draws made from the same key.
     """
-    h = F.xxhash64(F.lit(seed), F.lit(tag), *cols)
+    start = int.from_bytes(hashlib.blake2b(f"{seed}|{tag}".encode(), digest_size=8).digest(), "little")
+    h = np.full(np.broadcast_shapes(*(np.shape(k) for k in keys)), start, dtype=np.uint64)
+    with np.errstate(over="ignore"):  # wrap-around multiplication is the point
+        for key in keys:
+            h = _mix64(h ^ np.asarray(key).astype(np.int64).view(np.uint64))
     # The top 53 bits of the 64-bit hash, as a double in [0, 1).
-    return F.shiftrightunsigned(h, 11).cast("double") / F.lit(float(_MANTISSA))
+    return (h >> np.uint64(11)).astype(np.float64) / float(_MANTISSA)
 
 
 def pad_ids(arr: str | Column, length: int) -> Column:

@@ -12,10 +12,14 @@ the end, built only from **train positives**. Items with the same timestamp are 
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, Window
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from xrec_spark.features.common import TRAIN, pad_ids
+from xrec_spark.features.per_user import column, int_lists, map_users
 
 
 def train_positives(interactions: DataFrame) -> DataFrame:
@@ -48,32 +52,59 @@ def user_history(positives: DataFrame, users: DataFrame, length: int) -> DataFra
             .select("user_idx", pad_ids(items, length).alias("history")))
 
 
-def positives_with_history(positives: DataFrame, length: int) -> DataFrame:
+def earlier_items(user: np.ndarray, ts: np.ndarray, item: np.ndarray, length: int) -> np.ndarray:
+    """For rows sorted by (user, ts, item): each row's user's items with an earlier ``ts``.
+
+    Returns an ``(n, length)`` int32 array, latest first (same-time items by item id descending:
+    the reverse of the sort order), 0-padded. Rows of the same (user, ts) share one history.
+    """
+    n = len(user)
+    positions = np.arange(n)
+    new_user = np.ones(n, dtype=bool)
+    new_user[1:] = user[1:] != user[:-1]
+    new_group = new_user.copy()
+    new_group[1:] |= ts[1:] != ts[:-1]
+    user_start = np.maximum.accumulate(np.where(new_user, positions, 0))
+    group_start = np.maximum.accumulate(np.where(new_group, positions, 0))
+    # The row just before a (user, ts) group is the latest earlier item; walk back from there.
+    back = group_start[:, None] - 1 - np.arange(length)[None, :]
+    return np.where(back >= user_start[:, None], item[np.maximum(back, 0)], 0).astype(np.int32)
+
+
+def _positives_table(users: pa.Table, length: int) -> pa.Table:
+    history = earlier_items(column(users, "user_idx"), column(users, "ts_us"), column(users, "item_idx"), length)
+    return pa.table({"user_idx": users.column("user_idx"), "item_idx": users.column("item_idx"),
+                     "category_idx": users.column("category_idx"), "weight": users.column("weight"),
+                     "history": int_lists(history, length)})
+
+
+POSITIVES_WITH_HISTORY = T.StructType([
+    T.StructField("user_idx", T.IntegerType(), False), T.StructField("item_idx", T.IntegerType(), False),
+    T.StructField("category_idx", T.IntegerType(), False), T.StructField("weight", T.FloatType(), False),
+    T.StructField("history", T.ArrayType(T.IntegerType(), containsNull=False), False),
+])
+
+
+def by_user_in_time_order(positives: DataFrame) -> DataFrame:
+    """Train positives with ``ts_us`` (epoch microseconds), the order of a per-user pass."""
+    return positives.withColumn("ts_us", F.unix_micros("ts"))
+
+
+def positives_with_history(positives: DataFrame, length: int, partitions: int | None = None) -> DataFrame:
     """Each train positive with the user's train positives strictly before it.
 
-    Rows are grouped by (user, timestamp) first; a sliding window over the previous ``length``
-    groups then holds at least ``length`` earlier items (each group has one or more), so the
-    work per row is bounded by ``length`` whatever the user's activity.
+    One shuffle by user, then :func:`earlier_items` over whole users in numpy
+    (:mod:`xrec_spark.features.per_user`).
 
     Args:
         positives: ``user_idx, item_idx, category_idx, ts, weight`` (train positives).
         length: history length.
+        partitions: shuffle partitions (default: the session's ``spark.sql.shuffle.partitions``).
 
     Returns:
-        ``user_idx, item_idx, category_idx, ts, weight, history``.
+        ``user_idx, item_idx, category_idx, weight, history``.
     """
     _check_length(length)
-    # One shuffle by user serves both the (user, ts) grouping and the per-user window.
-    groups = positives.repartition("user_idx").groupBy("user_idx", "ts").agg(
-        F.collect_list(F.struct("item_idx", "category_idx", "weight")).alias("rows"),
-        F.slice(F.sort_array(F.collect_list("item_idx"), asc=False), 1, length).alias("items"))
-    frame = Window.partitionBy("user_idx").orderBy("ts").rowsBetween(-length, -1)
-    # Sorted explicitly: collect_list over a frame does not promise frame order.
-    previous = F.sort_array(F.collect_list(F.struct("ts", "items")).over(frame), asc=False)
-    recent = F.slice(F.flatten(F.transform(F.col("previous"), lambda g: g["items"])), 1, length)
-    return (groups.select("user_idx", "ts", "rows", previous.alias("previous"))  # the window runs once
-            .select("user_idx", "ts", "rows", pad_ids(recent, length).alias("history"))
-            .select("user_idx", "ts", "history", F.explode("rows").alias("row"))
-            .select("user_idx", F.col("row.item_idx").alias("item_idx"),
-                    F.col("row.category_idx").alias("category_idx"), "ts",
-                    F.col("row.weight").alias("weight"), "history"))
+    parts = partitions or int(positives.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    return map_users(by_user_in_time_order(positives), lambda users: _positives_table(users, length),
+                     POSITIVES_WITH_HISTORY, parts, ("ts_us", "item_idx"))
