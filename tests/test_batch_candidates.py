@@ -234,3 +234,16 @@ def test_transfer_destinations_rank_untouched_categories_by_weighted_transfer(sp
     assert got == {(1, 4): 0.35, (1, 3): 0.3, (2, 1): 0.5, (2, 4): 0.5}
     one = {(r.user_idx, r.category_idx) for r in transfer_destinations(affinity, transfer, 1).collect()}
     assert one == {(1, 4), (2, 1)}
+
+
+def test_served_categories_add_the_ones_nobody_has_train_activity_in(spark, tmp_path):
+    from xrec_spark.batch.pairs import served_categories, unengaged_categories
+
+    index = spark.createDataFrame([("books", 1), ("music", 2), ("games", 3), ("toys", 4)],
+                                  "category string, category_idx int")
+    affinity = spark.createDataFrame([(1, 1), (2, 1), (2, 3)], "user_idx int, category_idx int")
+    assert unengaged_categories(index, affinity) == [2, 4]
+    both = make_config(tmp_path, batch={"target_categories": ["games"]})
+    assert served_categories(index, affinity, both) == [2, 3, 4]
+    off = make_config(tmp_path, batch={"target_categories": ["games"], "serve_new_categories": False})
+    assert served_categories(index, affinity, off) == [3]

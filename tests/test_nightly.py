@@ -42,6 +42,27 @@ def test_retrain_reason(finished, run_date, drift, every, threshold, reason):
         assert got.startswith(reason)
 
 
+def test_new_categories_come_first_among_retrain_reasons():
+    cfg = BatchConfig(retrain_every_days=7, drift_threshold=0.2)
+    got = retrain_reason(datetime(2024, 3, 1), date(2024, 3, 2), 0.0, cfg, ["cat05", "cat06"])
+    assert got.startswith("new categories: cat05, cat06")
+    assert retrain_reason(datetime(2024, 3, 1), date(2024, 3, 2), 0.0, cfg, []) is None
+
+
+def test_categories_added_since_the_model_inputs(spark, tmp_path):
+    from xrec_spark.batch.drift import categories_added_since
+    from xrec_spark.tables import CATEGORY_INDEX, Lakehouse
+
+    lake = Lakehouse(spark, str(tmp_path / "lakehouse"))
+    assert categories_added_since(lake, {"silver.category_index": 0}) == []  # no table yet
+    lake.append(CATEGORY_INDEX, spark.createDataFrame([("books", 1), ("music", 2)], CATEGORY_INDEX.schema))
+    trained_on = lake.versions([CATEGORY_INDEX])
+    lake.append(CATEGORY_INDEX, spark.createDataFrame([("toys", 3)], CATEGORY_INDEX.schema))
+    assert categories_added_since(lake, trained_on) == ["toys"]
+    assert categories_added_since(lake, lake.versions([CATEGORY_INDEX])) == []
+    assert categories_added_since(lake, {}) == []  # a model without that lineage: no claim
+
+
 def test_day_config_fills_the_date_into_source_paths(tmp_path):
     cfg = make_config(tmp_path, ingest={"events": {"path": "landing/{date}/events"}})
     assert day_config(cfg, DAY2).ingest.events.path == "landing/2024-03-02/events"

@@ -349,6 +349,9 @@ class BatchConfig(_Section):
     # the categories they use: the cross-category recommendations.
     transfer_categories: int = Field(0, ge=0)
     target_categories: list[str] = Field(default_factory=list)
+    # Serve every user the categories nobody has train activity in yet (a category launched
+    # after the train cutoff): its items are scored from their content until it has history.
+    serve_new_categories: bool = True
     search: SearchKind = SearchKind.EXACT
     block_size: int = Field(4096, ge=1)
     faiss_nlist: int = Field(256, ge=1)

@@ -8,13 +8,14 @@ commit (a count Delta answers from the log's file statistics).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime
 
 from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
 from xrec_spark.config import BatchConfig
-from xrec_spark.tables import BRONZE_EVENTS, Lakehouse, TableSpec
+from xrec_spark.tables import BRONZE_EVENTS, CATEGORY_INDEX, Lakehouse, TableSpec
 
 
 def first_version_after(lake: Lakehouse, spec: TableSpec, moment: datetime) -> int | None:
@@ -39,13 +40,31 @@ def new_events_since(lake: Lakehouse, moment: datetime) -> tuple[int, int]:
     return int(new), int(before)
 
 
-def retrain_reason(model_finished: datetime, run_date: date, drift: float, batch: BatchConfig) -> str | None:
-    """Why to retrain for ``run_date`` ("schedule" / "drift"), or None to reuse the model.
+def categories_added_since(lake: Lakehouse, model_inputs: dict[str, int]) -> list[str]:
+    """Categories of silver.category_index added after the version the model was trained on."""
+    trained_on = model_inputs.get(CATEGORY_INDEX.qualified)
+    if trained_on is None or not lake.exists(CATEGORY_INDEX):
+        return []
+    known = lake.read(CATEGORY_INDEX, version=trained_on).select("category")
+    rows = lake.read(CATEGORY_INDEX).select("category").join(known, "category", "left_anti").collect()
+    return sorted(str(r["category"]) for r in rows)
+
+
+def retrain_reason(model_finished: datetime, run_date: date, drift: float, batch: BatchConfig,
+                   new_categories: Sequence[str] = ()) -> str | None:
+    """Why to retrain for ``run_date`` ("new categories" / "schedule" / "drift"), or None to
+    reuse the model.
+
+    New categories: the category index gained categories since the model was trained; the
+    model has no parameters for them (no task head, no category embedding), so it cannot rank
+    them until it is retrained.
 
     Schedule: the run date is ``batch.retrain_every_days`` or more days after the day the model
     finished (0 turns the schedule off). Drift: new events / events the model saw
     >= ``batch.drift_threshold``.
     """
+    if new_categories:
+        return f"new categories: {', '.join(new_categories)} (the model has no parameters for them)"
     age_days = (run_date - model_finished.date()).days
     if batch.retrain_every_days and age_days >= batch.retrain_every_days:
         return f"schedule: model is {age_days} days old (batch.retrain_every_days={batch.retrain_every_days})"

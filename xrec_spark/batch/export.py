@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from xrec_spark.batch.lineage import ModelRun, model_run, record_job, sql_string, utc_now
-from xrec_spark.batch.pairs import category_ids, serving_pairs, target_category_names
+from xrec_spark.batch.pairs import served_categories, serving_pairs
 from xrec_spark.config import JobConfig
 from xrec_spark.tables import (
     CATEGORY_INDEX, CATEGORY_TRANSFER, ITEM_EMBEDDINGS, ITEM_FEATURES, USER_CATEGORY_AFFINITY, USER_EMBEDDINGS,
@@ -228,13 +228,12 @@ def export_embeddings(lake: Lakehouse, cfg: JobConfig, model_version: str | None
     try:
         items = item_embedding_rows(features, handle, run.model_version, cfg.batch.export_batch_size)
         lake.overwrite(ITEM_EMBEDDINGS, items, replace_where=where, job=JOB)
-        targets = category_ids(lake.read(CATEGORY_INDEX, inputs.get(CATEGORY_INDEX.qualified)),
-                               target_category_names(cfg))
+        affinity = lake.read(USER_CATEGORY_AFFINITY, inputs.get(USER_CATEGORY_AFFINITY.qualified))
+        targets = served_categories(lake.read(CATEGORY_INDEX, inputs.get(CATEGORY_INDEX.qualified)), affinity, cfg)
         transfer = (lake.read(CATEGORY_TRANSFER, inputs[CATEGORY_TRANSFER.qualified])
                     if CATEGORY_TRANSFER.qualified in inputs else None)
-        pairs = serving_pairs(lake.read(USER_INDEX, inputs.get(USER_INDEX.qualified)),
-                              lake.read(USER_CATEGORY_AFFINITY, inputs.get(USER_CATEGORY_AFFINITY.qualified)),
-                              transfer, cfg, targets)
+        pairs = serving_pairs(lake.read(USER_INDEX, inputs.get(USER_INDEX.qualified)), affinity, transfer, cfg,
+                              targets)
         history = lake.read(USER_HISTORY, inputs.get(USER_HISTORY.qualified)).select("user_idx", "history")
         users = user_embedding_rows(pairs.join(history, "user_idx", "left"), handle, run.model_version,
                                     cfg.batch.export_batch_size, cfg.features.history_length)

@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 
 from xrec_spark.batch.candidates import popularity_candidates, top_k_candidates
 from xrec_spark.batch.lineage import latest_model_version, record_job, sql_string, utc_now
-from xrec_spark.batch.pairs import category_ids, serving_pairs, target_category_names
+from xrec_spark.batch.pairs import served_categories, serving_pairs
 from xrec_spark.config import JobConfig
 from xrec_spark.tables import (
     CANDIDATES, CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, ITEM_EMBEDDINGS, ITEM_FEATURES, USER_CATEGORY_AFFINITY,
@@ -90,7 +90,7 @@ def generate_candidates(lake: Lakehouse, cfg: JobConfig, run_date: date,
     def read(spec):
         return lake.read(spec, inputs.get(spec.qualified))
 
-    targets = category_ids(read(CATEGORY_INDEX), target_category_names(cfg))
+    targets = served_categories(read(CATEGORY_INDEX), read(USER_CATEGORY_AFFINITY), cfg)
     transfer = read(CATEGORY_TRANSFER) if CATEGORY_TRANSFER.qualified in inputs else None
     pairs = serving_pairs(read(USER_INDEX), read(USER_CATEGORY_AFFINITY), transfer, cfg, targets)
     users = items = None

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from xrec_spark.batch import export as export_mod
 from xrec_spark.batch import generate as generate_mod
-from xrec_spark.batch.drift import new_events_since, retrain_reason
+from xrec_spark.batch.drift import categories_added_since, new_events_since, retrain_reason
 from xrec_spark.batch.lineage import ModelRun, NoModelError, last_marker, model_run, record_job, utc_now
 from xrec_spark.config import JobConfig
 from xrec_spark.tables import (
@@ -156,7 +156,8 @@ class _Night:
         if latest is not None:
             new, before = new_events_since(self.lake, latest.finished_at)
             drift = new / before if before else float("inf") if new else 0.0
-            reason = retrain_reason(latest.finished_at, self.run_date, drift, self.cfg.batch)
+            reason = retrain_reason(latest.finished_at, self.run_date, drift, self.cfg.batch,
+                                    categories_added_since(self.lake, latest.input_versions))
             if reason is None:
                 self.model_version = latest.model_version
                 return {"model_version": latest.model_version, "retrained": False, "drift": round(drift, 4)}

@@ -2,9 +2,11 @@
 
 For every indexed user: the user's top ``user_top_categories`` categories by affinity, the
 ``transfer_categories`` categories the user never touched that the category-transfer matrix
-ranks highest from the categories they did touch, and every target category. A category the
-user never touched is the cross-category case: the user's vector for it comes from history in
-other categories.
+ranks highest from the categories they did touch, and every **served category**: the target
+categories, plus (``batch.serve_new_categories``) every category nobody has train activity in
+yet, such as one that appeared after the train cutoff. A category the user never touched is the
+cross-category case: the user's vector for it comes from history in other categories, and a new
+category's items from their content.
 """
 
 from __future__ import annotations
@@ -41,6 +43,26 @@ def category_ids(category_index: DataFrame, names: Sequence[str]) -> list[int]:
     return sorted(set(found[n] for n in wanted))
 
 
+def unengaged_categories(category_index: DataFrame, affinity: DataFrame) -> list[int]:
+    """category_idx of the categories without any train activity (an action over small tables).
+
+    category_index: category_idx (silver.category_index); affinity: user_idx, category_idx
+    (silver.user_category_affinity, train rows only).
+    """
+    engaged = affinity.select("category_idx").distinct()
+    rows = category_index.select("category_idx").join(engaged, "category_idx", "left_anti").collect()
+    return sorted(int(r["category_idx"]) for r in rows)
+
+
+def served_categories(category_index: DataFrame, affinity: DataFrame, cfg: JobConfig) -> list[int]:
+    """Categories every user gets a vector and candidates in: the target categories, and the
+    categories nobody has train activity in when ``batch.serve_new_categories`` is on."""
+    served = set(category_ids(category_index, target_category_names(cfg)))
+    if cfg.batch.serve_new_categories:
+        served |= set(unengaged_categories(category_index, affinity))
+    return sorted(served)
+
+
 def transfer_destinations(affinity: DataFrame, transfer: DataFrame, per_user: int) -> DataFrame:
     """Each user's ``per_user`` untouched categories with the highest transfer from their own.
 
@@ -69,7 +91,7 @@ def serving_pairs(users: DataFrame, affinity: DataFrame, transfer: DataFrame | N
                   targets: Sequence[int]) -> DataFrame:
     """The (user_idx, category_idx) pairs that get vectors and candidates under ``cfg.batch``:
     top categories by affinity, transfer destinations (when the transfer matrix exists) and
-    ``targets``. Export and candidate generation both call this, so they agree on the pairs."""
+    ``targets`` (:func:`served_categories`). Export and candidate generation both call this, so they agree on the pairs."""
     pairs = user_category_pairs(users, affinity, cfg.batch.user_top_categories, targets)
     if transfer is not None and cfg.batch.transfer_categories > 0:
         destinations = transfer_destinations(affinity, transfer, cfg.batch.transfer_categories)
