@@ -103,15 +103,15 @@ def in_memory(spec, cfg, steps_cap: int) -> tuple[float, int]:
     return steps * bs / (time.perf_counter() - t0), steps * bs
 
 
-def full_path(cfg, lake, processes: int, loader: str) -> tuple[float, float]:
-    """(samples/s reported by the train function, wall seconds of the launch)."""
+def full_path(cfg, lake, processes: int, loader: str) -> tuple[float, float, float]:
+    """(samples/s reported by the train function, its data-wait share, wall seconds of the launch)."""
     from xrec_spark.train.launch import build_spec, launch
 
     run_cfg = cfg.with_overrides([f"train.num_processes={processes}", f"train.loader={loader}"])
     spec = build_spec(run_cfg, lake, resume="never")
     t0 = time.perf_counter()
     result = launch(spec, run_cfg)
-    return result.metrics["samples_per_s"], time.perf_counter() - t0
+    return result.metrics["samples_per_s"], result.metrics["data_wait_share"], time.perf_counter() - t0
 
 
 def main() -> int:
@@ -155,11 +155,13 @@ def main() -> int:
     print(f"(a) in-memory tensors, 1 process, before : {a_first:10,.0f} samples/s  ({rows_a:,} rows)", flush=True)
     measured = []
     for loader in [x.strip() for x in args.loaders.split(",") if x.strip()]:
-        b, wall_b = full_path(cfg, lake, 1, loader)
-        c, wall_c = full_path(cfg, lake, 2, loader)
+        b, wait_b, wall_b = full_path(cfg, lake, 1, loader)
+        c, wait_c, wall_c = full_path(cfg, lake, 2, loader)
         measured.append((loader, b, c))
-        print(f"(b) {loader:9s} full path, 1 process    : {b:10,.0f} samples/s  (launch wall {wall_b:.0f}s)", flush=True)
-        print(f"(c) {loader:9s} full path, 2 processes  : {c:10,.0f} samples/s  (launch wall {wall_c:.0f}s)", flush=True)
+        print(f"(b) {loader:9s} full path, 1 process    : {b:10,.0f} samples/s  (waiting for data "
+              f"{wait_b:.1%} of the time; launch wall {wall_b:.0f}s)", flush=True)
+        print(f"(c) {loader:9s} full path, 2 processes  : {c:10,.0f} samples/s  (waiting for data "
+              f"{wait_c:.1%} of the time; launch wall {wall_c:.0f}s)", flush=True)
     # (a) again after the launches: one measurement can catch a slow moment of the machine; the
     # higher of the two is the baseline, so the ratio b/a is the conservative one.
     a_last, _ = in_memory(spec, cfg, steps_cap=rows // args.batch_size)

@@ -91,7 +91,8 @@ def serving_pairs(users: DataFrame, affinity: DataFrame, transfer: DataFrame | N
                   targets: Sequence[int]) -> DataFrame:
     """The (user_idx, category_idx) pairs that get vectors and candidates under ``cfg.batch``:
     top categories by affinity, transfer destinations (when the transfer matrix exists) and
-    ``targets`` (:func:`served_categories`). Export and candidate generation both call this, so they agree on the pairs."""
+    ``targets`` (:func:`served_categories`). Export and candidate generation both call this, so
+    they agree on the pairs."""
     pairs = user_category_pairs(users, affinity, cfg.batch.user_top_categories, targets)
     if transfer is not None and cfg.batch.transfer_categories > 0:
         destinations = transfer_destinations(affinity, transfer, cfg.batch.transfer_categories)

@@ -335,6 +335,9 @@ class Trainer:
             total_s = sum(h["seconds"] for h in history)
             metrics["samples_per_s"] = total_rows / max(total_s, 1e-9)
             metrics["train_seconds"] = total_s
+            # Share of the training time a rank waited for its next batch: the loader's cost.
+            waited = sum(h.get("data_wait_share", 0.0) * h["seconds"] for h in history)
+            metrics["data_wait_share"] = waited / max(total_s, 1e-9)
         if prog.best_metric is not None:
             metrics[f"valid_{self.metric_name}"] = float(prog.best_metric)
         return {"metrics": metrics, "history": history, "best_at": prog.best_at}
