@@ -116,9 +116,17 @@ class FeaturesSummary:
         return "\n".join(lines)
 
 
+# Bumped when a rule or the sampler changes what the same inputs and config produce, so that a
+# lakehouse built by an older release is rebuilt rather than skipped as unchanged.
+# 2: negatives drawn in the per-user pass (numpy hashes instead of Spark's xxhash64).
+LOGIC_VERSION = 2
+
+
 def run_key(input_versions: dict[str, int], cfg: JobConfig) -> str:
-    """Hash of what decides the output: the input versions and the features config."""
-    payload = {"inputs": dict(sorted(input_versions.items())), "features": cfg.features.model_dump(mode="json")}
+    """Hash of what decides the output: the input versions, the features config and
+    :data:`LOGIC_VERSION`."""
+    payload = {"inputs": dict(sorted(input_versions.items())), "features": cfg.features.model_dump(mode="json"),
+               "logic": LOGIC_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
