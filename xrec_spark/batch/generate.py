@@ -90,9 +90,10 @@ def generate_candidates(lake: Lakehouse, cfg: JobConfig, run_date: date,
     def read(spec):
         return lake.read(spec, inputs.get(spec.qualified))
 
-    targets = served_categories(read(CATEGORY_INDEX), read(USER_CATEGORY_AFFINITY), cfg)
+    affinity = read(USER_CATEGORY_AFFINITY)
+    targets = served_categories(read(CATEGORY_INDEX), affinity, cfg)
     transfer = read(CATEGORY_TRANSFER) if CATEGORY_TRANSFER.qualified in inputs else None
-    pairs = serving_pairs(read(USER_INDEX), read(USER_CATEGORY_AFFINITY), transfer, cfg, targets)
+    pairs = serving_pairs(read(USER_INDEX), affinity, transfer, cfg, targets)
     users = items = None
     if version is not None and lake.exists(USER_EMBEDDINGS) and lake.exists(ITEM_EMBEDDINGS):
         mv = sql_string(version, "model_version")

@@ -12,6 +12,8 @@ the end, built only from **train positives**. Items with the same timestamp are 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
@@ -28,7 +30,7 @@ def train_positives(interactions: DataFrame) -> DataFrame:
             .select("user_idx", "item_idx", "category_idx", "ts", "weight"))
 
 
-def _check_length(length: int) -> None:
+def check_length(length: int) -> None:
     if length < 1:
         raise ValueError(f"features.history_length must be >= 1, got {length}")
 
@@ -44,7 +46,7 @@ def user_history(positives: DataFrame, users: DataFrame, length: int) -> DataFra
     Returns:
         ``user_idx, history (array<int>, exactly length)``.
     """
-    _check_length(length)
+    check_length(length)
     recent = positives.groupBy("user_idx").agg(
         F.slice(F.sort_array(F.collect_list(F.struct("ts", "item_idx")), asc=False), 1, length).alias("recent"))
     items = F.transform("recent", lambda x: x["item_idx"])
@@ -71,11 +73,33 @@ def earlier_items(user: np.ndarray, ts: np.ndarray, item: np.ndarray, length: in
     return np.where(back >= user_start[:, None], item[np.maximum(back, 0)], 0).astype(np.int32)
 
 
+_TIME = "ts_us"  # epoch microseconds: the time order of a per-user pass
+
+
+def histories(users: pa.Table, length: int) -> np.ndarray:
+    """:func:`earlier_items` of every row of a whole-users table from :func:`map_positives_by_user`."""
+    return earlier_items(column(users, "user_idx"), column(users, _TIME), column(users, "item_idx"), length)
+
+
+def map_positives_by_user(positives: DataFrame, fn: Callable[[pa.Table], pa.Table], schema: T.StructType,
+                          partitions: int | None = None) -> DataFrame:
+    """``fn`` over each user's train positives in time order (then item id), as whole-users
+    Arrow tables (:func:`xrec_spark.features.per_user.map_users`).
+
+    Args:
+        positives: train positives with ``user_idx, item_idx, ts`` (and whatever ``fn`` reads).
+        fn: whole-users table -> output table of ``schema``.
+        schema: the output schema.
+        partitions: shuffle partitions (default: the session's ``spark.sql.shuffle.partitions``).
+    """
+    parts = partitions or int(positives.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    return map_users(positives.withColumn(_TIME, F.unix_micros("ts")), fn, schema, parts, (_TIME, "item_idx"))
+
+
 def _positives_table(users: pa.Table, length: int) -> pa.Table:
-    history = earlier_items(column(users, "user_idx"), column(users, "ts_us"), column(users, "item_idx"), length)
     return pa.table({"user_idx": users.column("user_idx"), "item_idx": users.column("item_idx"),
                      "category_idx": users.column("category_idx"), "weight": users.column("weight"),
-                     "history": int_lists(history, length)})
+                     "history": int_lists(histories(users, length), length)})
 
 
 POSITIVES_WITH_HISTORY = T.StructType([
@@ -83,11 +107,6 @@ POSITIVES_WITH_HISTORY = T.StructType([
     T.StructField("category_idx", T.IntegerType(), False), T.StructField("weight", T.FloatType(), False),
     T.StructField("history", T.ArrayType(T.IntegerType(), containsNull=False), False),
 ])
-
-
-def by_user_in_time_order(positives: DataFrame) -> DataFrame:
-    """Train positives with ``ts_us`` (epoch microseconds), the order of a per-user pass."""
-    return positives.withColumn("ts_us", F.unix_micros("ts"))
 
 
 def positives_with_history(positives: DataFrame, length: int, partitions: int | None = None) -> DataFrame:
@@ -104,7 +123,6 @@ def positives_with_history(positives: DataFrame, length: int, partitions: int | 
     Returns:
         ``user_idx, item_idx, category_idx, weight, history``.
     """
-    _check_length(length)
-    parts = partitions or int(positives.sparkSession.conf.get("spark.sql.shuffle.partitions"))
-    return map_users(by_user_in_time_order(positives), lambda users: _positives_table(users, length),
-                     POSITIVES_WITH_HISTORY, parts, ("ts_us", "item_idx"))
+    check_length(length)
+    return map_positives_by_user(positives, lambda users: _positives_table(users, length), POSITIVES_WITH_HISTORY,
+                                 partitions)

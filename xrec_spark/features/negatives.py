@@ -41,8 +41,9 @@ from pyspark.sql import types as T
 
 from xrec_spark.config import FeaturesConfig, NegativesConfig, NegativeStrategy
 from xrec_spark.features.common import uniform01
-from xrec_spark.features.history import _check_length, by_user_in_time_order, earlier_items
-from xrec_spark.features.per_user import column, int_lists, map_users
+from xrec_spark.features.history import check_length, histories, map_positives_by_user
+from xrec_spark.features.per_user import column, int_lists
+from xrec_spark.tables import TRAINING_EXAMPLES
 
 _NO_ITEM = -1
 
@@ -233,14 +234,6 @@ NEGATIVES = T.StructType([
     T.StructField("category_idx", T.IntegerType(), False), T.StructField("weight", T.FloatType(), False),
 ])
 
-_HISTORY = T.ArrayType(T.IntegerType(), containsNull=False)
-EXAMPLES = T.StructType([
-    T.StructField("user_idx", T.IntegerType(), False), T.StructField("item_idx", T.IntegerType(), False),
-    T.StructField("category_idx", T.IntegerType(), False), T.StructField("label", T.FloatType(), False),
-    T.StructField("weight", T.FloatType(), False), T.StructField("history", _HISTORY, False),
-])
-
-
 def _negatives_table(users: pa.Table, pools: SamplingPools, cfg: NegativesConfig, seed: int) -> pa.Table:
     d = draw_negatives(users, pools, cfg, seed)
     return pa.table({
@@ -256,8 +249,7 @@ def _examples_table(users: pa.Table, pools: SamplingPools | None, cfg: FeaturesC
     n = len(users)
     d = _NONE if pools is None else draw_negatives(users, pools, cfg.negatives, cfg.seed)
     rows = np.concatenate([np.arange(n), d.row])
-    history = earlier_items(column(users, "user_idx"), column(users, "ts_us"), column(users, "item_idx"),
-                            cfg.history_length)
+    history = histories(users, cfg.history_length)
     return pa.table({
         "user_idx": column(users, "user_idx")[rows],
         "item_idx": np.concatenate([column(users, "item_idx"), d.item.astype(np.int32)]),
@@ -269,8 +261,8 @@ def _examples_table(users: pa.Table, pools: SamplingPools | None, cfg: FeaturesC
 
 
 def _per_user_input(positives: DataFrame, affinity: DataFrame | None, cfg: NegativesConfig) -> DataFrame:
-    """Positives ready for a per-user pass: ``ts_us`` and, for hard negatives, ``categories``."""
-    rows = by_user_in_time_order(positives.select("user_idx", "item_idx", "category_idx", "ts", "weight"))
+    """Positives ready for a per-user pass, with the users' ``categories`` for hard negatives."""
+    rows = positives.select("user_idx", "item_idx", "category_idx", "ts", "weight")
     if cfg.per_positive and NegativeStrategy.CROSS_CATEGORY in cfg.strategies:
         if affinity is None:
             raise ValueError("cross_category negatives need silver.user_category_affinity (affinity is None)")
@@ -304,9 +296,8 @@ def sample_negatives(positives: DataFrame, pools: SamplingPools | None, affinity
     _check_pools(pools, cfg)
     if cfg.per_positive == 0:
         return positives.sparkSession.createDataFrame([], NEGATIVES)
-    parts = partitions or int(positives.sparkSession.conf.get("spark.sql.shuffle.partitions"))
-    return map_users(_per_user_input(positives, affinity, cfg), lambda u: _negatives_table(u, pools, cfg, seed),
-                     NEGATIVES, parts, ("ts_us", "item_idx"))
+    return map_positives_by_user(_per_user_input(positives, affinity, cfg),
+                                 lambda u: _negatives_table(u, pools, cfg, seed), NEGATIVES, partitions)
 
 
 def training_examples(positives: DataFrame, pools: SamplingPools | None, affinity: DataFrame | None,
@@ -329,8 +320,8 @@ def training_examples(positives: DataFrame, pools: SamplingPools | None, affinit
     """
     if cfg.training_files < 1:
         raise ValueError(f"features.training_files must be >= 1, got {cfg.training_files}")
-    _check_length(cfg.history_length)
+    check_length(cfg.history_length)
     _check_pools(pools, cfg.negatives)
     use = pools if cfg.negatives.per_positive else None
-    return map_users(_per_user_input(positives, affinity, cfg.negatives), lambda u: _examples_table(u, use, cfg),
-                     EXAMPLES, cfg.training_files, ("ts_us", "item_idx"))
+    return map_positives_by_user(_per_user_input(positives, affinity, cfg.negatives),
+                                 lambda u: _examples_table(u, use, cfg), TRAINING_EXAMPLES.schema, cfg.training_files)
