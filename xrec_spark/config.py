@@ -371,9 +371,9 @@ class EvalConfig(_Section):
     seed: int = 5
     # Held-out split scored by `xrec evaluate`; baselines are tuned on valid whatever this is.
     split: str = Field("test", pattern="^(valid|test)$")
-    # Baseline systems (popularity_global, popularity_category, als; no_sharing and
+    # Baseline systems (popularity_global, popularity_category, als, ease; no_sharing and
     # shared_no_transfer once their training runs exist).
-    baselines: list[str] = Field(default_factory=lambda: ["popularity_global", "popularity_category", "als"])
+    baselines: list[str] = Field(default_factory=lambda: ["popularity_global", "popularity_category", "als", "ease"])
     # Also rank with the trained model (gold.user_embeddings / gold.item_embeddings).
     include_model: bool = True
     # Also score the served lists of gold.candidates (latest run_date) as system "candidates".
@@ -385,11 +385,19 @@ class EvalConfig(_Section):
     model_version: str | None = None
     # gold.metrics partition key; None = derived from split, systems, model and input versions.
     eval_id: str | None = None
-    # ALS grid, chosen by NDCG@tune_k on valid.
-    als_ranks: list[int] = Field(default_factory=lambda: [16, 64])
-    als_reg_params: list[float] = Field(default_factory=lambda: [0.01, 0.1])
-    als_alphas: list[float] = Field(default_factory=lambda: [1.0, 10.0])
-    als_max_iter: int = Field(10, ge=1)
+    # ALS staged search, every point chosen by NDCG@tune_k on valid: stage 1 fits
+    # als_reg_params x als_alphas at als_base_rank, stage 2 fits als_ranks at the best
+    # (reg, alpha). These defaults are the full search (bench/quality.py runs them); the demo
+    # config (conf/local.yaml) sets a small one.
+    als_base_rank: int = Field(64, ge=1)
+    als_reg_params: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0])
+    als_alphas: list[float] = Field(default_factory=lambda: [1.0, 5.0, 20.0, 50.0])
+    als_ranks: list[int] = Field(default_factory=lambda: [32, 64, 128])
+    als_max_iter: int = Field(15, ge=1)
+    # EASE (closed-form item-item) over the ease_items most popular train items of all
+    # categories; lambda (L2) chosen on valid from ease_lambdas. Driver memory ~ 4 x N^2 floats.
+    ease_items: int = Field(10_000, ge=1)
+    ease_lambdas: list[float] = Field(default_factory=lambda: [1.0, 5.0, 20.0, 100.0, 500.0, 2000.0])
     tune_k: int = Field(10, ge=1)
     # Users scored per matrix product in full ranking (memory: block x items of a category).
     block_size: int = Field(1024, ge=1)
@@ -398,10 +406,14 @@ class EvalConfig(_Section):
     def _known_values(self) -> "EvalConfig":
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be a non-empty list of cut-offs >= 1; got {self.ks}")
-        allowed = {"popularity_global", "popularity_category", "als", "no_sharing", "shared_no_transfer"}
+        allowed = {"popularity_global", "popularity_category", "als", "ease", "no_sharing", "shared_no_transfer"}
         unknown = [b for b in self.baselines if b not in allowed]
         if unknown:
             raise ValueError(f"baselines: unknown {unknown}; allowed: {sorted(allowed)}")
+        for key in ("als_reg_params", "als_alphas", "als_ranks", "ease_lambdas"):
+            values = getattr(self, key)
+            if not values or min(values) <= 0:
+                raise ValueError(f"{key} must be a non-empty list of positive values; got {values}")
         return self
 
 
