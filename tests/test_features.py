@@ -318,3 +318,51 @@ def test_bad_negatives_config(spark, tmp_path, override, message):
     items = spark.createDataFrame([(1, 1, 1)], "item_idx int, category_idx int, train_count long")
     with pytest.raises(ValueError, match=message):
         sampling_pools(items, cfg.features.negatives)
+
+
+# Events after the train cutoff (2021-01-20): a train pair seen again (u1 b1, u2 b3), a train item
+# rated three times in another category (m2 music -> games), a new user and a new item.
+LATER_EVENTS = [
+    ("u1", "b1", 22, 5.0, B), ("u2", "b3", 27, 5.0, B),
+    ("u5", "m2", 21, 5.0, G), ("u6", "m2", 26, 4.0, G), ("u4", "m2", 28, 5.0, G),
+    ("u7", "b9", 23, 4.0, B), ("u7", "g1", 29, 5.0, G),
+]
+
+
+def test_no_look_ahead_events_after_the_cutoff_change_no_train_derived_table(spark, tmp_path):
+    """Appending events after the valid cutoff and rebuilding leaves every train-derived table
+    identical row for row; a train pair seen again later is never a valid/test row."""
+    lakehouse = Lakehouse(spark, str(tmp_path / "lakehouse"))
+    cfg = make_config(tmp_path / "lakehouse", features=FEATURES)
+    lakehouse.merge(BRONZE_EVENTS, bronze_events(spark, EVENTS))
+    lakehouse.merge(BRONZE_ITEMS, bronze_items(spark, ITEMS))
+    build_features(spark, lakehouse, cfg)
+
+    def train_derived() -> dict[str, DataFrame]:
+        old_users = F.col("user_idx") <= len(USERS)
+        old_items = F.col("item_idx") <= len(ITEM_IDX)
+        return {
+            "interactions": lakehouse.read(INTERACTIONS).where(F.col("split") == "train"),
+            "affinity": lakehouse.read(USER_CATEGORY_AFFINITY),
+            "transfer": lakehouse.read(CATEGORY_TRANSFER),
+            "item_features": lakehouse.read(ITEM_FEATURES).where(old_items & (F.col("train_count") > 0)),
+            "train_counts": lakehouse.read(ITEM_FEATURES).where(old_items).select("item_idx", "train_count"),
+            "user_history": lakehouse.read(USER_HISTORY).where(old_users),
+            "training_examples": lakehouse.read(TRAINING_EXAMPLES),
+            "indexes": lakehouse.read(ITEM_INDEX).where(old_items),
+        }
+
+    before = {name: df.localCheckpoint() for name, df in train_derived().items()}
+    lakehouse.merge(BRONZE_EVENTS, bronze_events(spark, LATER_EVENTS, source="later"))
+    summary = build_features(spark, lakehouse, cfg)
+    assert not summary.skipped and summary.new_ids["user_index"] == 1 and summary.new_ids["item_index"] == 1
+    after = train_derived()
+    for name, expected in before.items():
+        assert expected.count() > 0, name
+        assert_same_rows(after[name], expected)
+    later = {(r["user_idx"], r["item_idx"]): r["split"]
+             for r in lakehouse.read(INTERACTIONS).where(F.col("split") != "train").collect()}
+    assert (USERS["u1"], ITEM_IDX["b1"]) not in later and (USERS["u2"], ITEM_IDX["b3"]) not in later
+    assert later[(USERS["u5"], ITEM_IDX["m2"])] == "valid"
+    m2 = lakehouse.read(ITEM_FEATURES).where(F.col("item_idx") == ITEM_IDX["m2"]).first()
+    assert m2["category_idx"] == CATS[M]  # its train category, not the games of its later ratings

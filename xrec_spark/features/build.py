@@ -33,7 +33,8 @@ from xrec_spark.config import JobConfig
 from xrec_spark.features.common import TRAIN
 from xrec_spark.features.history import train_positives, user_history
 from xrec_spark.features.indexing import first_seen, new_index_rows
-from xrec_spark.features.interactions import index_pairs, label_and_weight, latest_pairs, resolve_categories
+from xrec_spark.features.interactions import (
+    index_pairs, label_and_weight, pair_first_times, resolve_categories, split_pairs)
 from xrec_spark.features.items import item_categories, item_features, item_text
 from xrec_spark.features.matrices import category_transfer, top_transfer_pairs, user_category_affinity
 from xrec_spark.features.negatives import sampling_pools, training_examples
@@ -119,7 +120,8 @@ class FeaturesSummary:
 # Bumped when a rule or the sampler changes what the same inputs and config produce, so that a
 # lakehouse built by an older release is rebuilt rather than skipped as unchanged.
 # 2: negatives drawn in the per-user pass (numpy hashes instead of Spark's xxhash64).
-LOGIC_VERSION = 2
+# 3: no look-ahead: a pair's row comes from the split of its first event, item categories from train.
+LOGIC_VERSION = 3
 
 
 def run_key(input_versions: dict[str, int], cfg: JobConfig) -> str:
@@ -218,7 +220,9 @@ def build_features(spark: SparkSession, lakehouse: Lakehouse, cfg: JobConfig, to
     run = _Run(lakehouse)
     events = lakehouse.read(BRONZE_EVENTS, version=input_versions[BRONZE_EVENTS.qualified])
     items = _items_table(lakehouse, input_versions.get(BRONZE_ITEMS.qualified))
-    all_pairs = latest_pairs(resolve_categories(events, items)).persist(StorageLevel.MEMORY_AND_DISK)
+    resolved = resolve_categories(events, items)
+    cutoffs = _cutoffs(cfg, resolved)
+    all_pairs = assign_split(split_pairs(resolved, cutoffs), cutoffs).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         counts = all_pairs.agg(F.sum("events").alias("events"), F.sum("unknown_events").alias("unknown"),
                                F.count("category").alias("pairs")).first()
@@ -226,7 +230,7 @@ def build_features(spark: SparkSession, lakehouse: Lakehouse, cfg: JobConfig, to
         run.done("pairs")
         new_ids = _extend_indexes(lakehouse, pairs, items)
         run.done("indexes")
-        cutoffs = _build_interactions(run, cfg, pairs, int(counts["pairs"]))
+        _build_interactions(run, cfg, pairs, cutoffs, int(counts["pairs"]))
         _build_matrices(run)
         run.overwrite(ITEM_FEATURES, item_features(
             lakehouse.read(ITEM_INDEX), lakehouse.read(CATEGORY_INDEX), item_categories(pairs, items),
@@ -242,21 +246,25 @@ def build_features(spark: SparkSession, lakehouse: Lakehouse, cfg: JobConfig, to
     return summary
 
 
-def _build_interactions(run: _Run, cfg: JobConfig, pairs: DataFrame, n_pairs: int) -> Cutoffs:
-    """Write silver.interactions; checks that every pair got its ids. Returns the cutoffs."""
+def _cutoffs(cfg: JobConfig, resolved: DataFrame) -> Cutoffs:
+    """The configured dates, else the fraction cutoffs over the pairs' first event days."""
+    split = cfg.features.split
+    return (resolve_cutoffs_config(split)
+            or Cutoffs.from_row(fraction_cutoffs(pair_first_times(resolved), split.valid_fraction,
+                                                 split.test_fraction).first()))
+
+
+def _build_interactions(run: _Run, cfg: JobConfig, pairs: DataFrame, cutoffs: Cutoffs, n_pairs: int) -> None:
+    """Write silver.interactions; checks that every pair got its ids."""
     fcfg, lakehouse = cfg.features, run.lakehouse
-    cutoffs = (resolve_cutoffs_config(fcfg.split)
-               or Cutoffs.from_row(fraction_cutoffs(pairs, fcfg.split.valid_fraction,
-                                                    fcfg.split.test_fraction).first()))
     indexed = index_pairs(pairs, *(lakehouse.read(s) for s in (USER_INDEX, ITEM_INDEX, CATEGORY_INDEX)))
     labelled = label_and_weight(indexed, fcfg.positive_min_value, fcfg.recency_half_life_days, cutoffs.valid_start_s)
-    written = run.overwrite(INTERACTIONS, assign_slices(assign_split(labelled, cutoffs)))
+    written = run.overwrite(INTERACTIONS, assign_slices(labelled))
     if written != n_pairs:
         raise RuntimeError(f"silver.interactions: wrote {written} rows for {n_pairs} (user, item) pairs: an id "
                            "is missing from an index; rebuild the indexes from bronze (delete the "
                            "silver.*_index tables) and re-run")
     run.done("interactions")
-    return cutoffs
 
 
 def _build_matrices(run: _Run) -> None:

@@ -8,10 +8,13 @@ Rules (the contract every later job reads):
   become a task head of unrelated items in the multi-task model and a fake row/column of the
   transfer matrix, and its items could not get the non-null ``category_idx`` that
   ``silver.item_features`` needs.
-- **Dedup per (user, item)**: the **latest** event wins (ties on time: the larger value, then category),
-  with its category, value and time: the latest rating is the user's current opinion, and the
-  time of the row is when it was last engaged with. ``first_ts`` keeps the pair's first event
-  time, which decides index order.
+- **One row per (user, item), with no look-ahead**: the pair belongs to the split of its
+  **first** event (train < ``valid_start`` <= valid < ``test_start`` <= test), and its row is the
+  **latest** event within that split (ties on time: the larger value, then category), with its
+  category, value and time. So a train row depends on train events only: a pair seen in train
+  and again later stays a train row (its later events are not relevant items; rankings exclude
+  it as seen), and a pair first seen in valid and again in test is a valid row. ``first_ts``
+  keeps the pair's first event time, which decides index order and the fraction cutoffs.
 - **Label**: ``positive_min_value`` None -> every row is positive; else ``value >= threshold``
   is positive and a null value (an event type without a value, e.g. a click) is positive too:
   the threshold filters low explicit ratings, not implicit engagement.
@@ -28,6 +31,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from xrec_spark.features.common import SECONDS_PER_DAY, epoch_seconds
+from xrec_spark.features.splits import Cutoffs
 
 
 def _clean(col: str) -> F.Column:
@@ -53,14 +57,25 @@ def resolve_categories(events: DataFrame, items: DataFrame) -> DataFrame:
                     "event_ts", F.col("value").cast("double").alias("value")))
 
 
-def latest_pairs(resolved: DataFrame) -> DataFrame:
-    """One row per (user, item) from its latest event with a known category.
+def pair_first_times(resolved: DataFrame) -> DataFrame:
+    """``ts``: the first known-category event time of every (user, item) pair, one row per pair.
 
-    Unknown-category events do not compete for "latest" but are counted per pair, so the
+    What the fraction cutoffs are computed from: a pair's split is the split of its first event,
+    so shares of these rows by day are the shares of silver.interactions rows.
+    """
+    return (resolved.where(F.col("category").isNotNull()).groupBy("user_id", "item_id")
+            .agg(F.min("event_ts").alias("ts")))
+
+
+def split_pairs(resolved: DataFrame, cutoffs: Cutoffs) -> DataFrame:
+    """One row per (user, item): the latest event within the split of the pair's first event.
+
+    Unknown-category events take no part in either choice but are counted per pair, so the
     caller can report them in the same pass over the events.
 
     Args:
         resolved: output of :func:`resolve_categories`.
+        cutoffs: the split boundaries.
 
     Returns:
         ``user_id, item_id, category, ts, value, first_ts, events, unknown_events`` (events:
@@ -69,19 +84,28 @@ def latest_pairs(resolved: DataFrame) -> DataFrame:
         category (filter with ``category IS NOT NULL``).
     """
     known = F.col("category").isNotNull()
-    # max_by skips null keys. Ties on time are broken by the event's own content (larger value,
-    # then larger category), not by event_id: the 64-character hash is the widest column of
-    # bronze.events, and not reading it makes the scan much lighter.
-    order = F.when(known, F.struct("event_ts", "value", "category"))
-    latest = F.max_by(F.struct("category", "event_ts", "value"), order)
+    ts = F.col("event_ts")
+    valid_start = F.timestamp_seconds(F.lit(cutoffs.valid_start_s))
+    test_start = F.timestamp_seconds(F.lit(cutoffs.test_start_s))
+
+    def latest(window: F.Column) -> F.Column:
+        # max_by skips null keys. Ties on time are broken by the event's own content (larger
+        # value, then larger category), not by event_id: the 64-character hash is the widest
+        # column of bronze.events, and not reading it makes the scan much lighter.
+        order = F.when(known & window, F.struct("event_ts", "value", "category"))
+        return F.max_by(F.struct("category", "event_ts", "value"), order)
+
+    # The earliest split window holding an event of the pair decides: its latest event is the row.
+    chosen = F.coalesce(F.col("in_train"), F.col("in_valid"), F.col("in_test"))
     return (resolved.groupBy("user_id", "item_id")
-            .agg(latest.alias("latest"),
-                 F.min(F.when(known, F.col("event_ts"))).alias("first_ts"),
+            .agg(latest(ts < valid_start).alias("in_train"),
+                 latest((ts >= valid_start) & (ts < test_start)).alias("in_valid"),
+                 latest(ts >= test_start).alias("in_test"),
+                 F.min(F.when(known, ts)).alias("first_ts"),
                  F.count(F.lit(1)).alias("events"),
                  F.sum(F.when(known, 0).otherwise(1)).cast("long").alias("unknown_events"))
-            .select("user_id", "item_id", F.col("latest.category").alias("category"),
-                    F.col("latest.event_ts").alias("ts"), F.col("latest.value").alias("value"),
-                    "first_ts", "events", "unknown_events"))
+            .select("user_id", "item_id", chosen.category.alias("category"), chosen.event_ts.alias("ts"),
+                    chosen.value.alias("value"), "first_ts", "events", "unknown_events"))
 
 
 def index_pairs(pairs: DataFrame, user_index: DataFrame, item_index: DataFrame,
@@ -92,15 +116,15 @@ def index_pairs(pairs: DataFrame, user_index: DataFrame, item_index: DataFrame,
     same pairs first, and checks afterwards that no row was lost in these joins).
 
     Args:
-        pairs: ``user_id, item_id, category, ts, value`` (known categories only).
+        pairs: ``user_id, item_id, category, ts, value, split`` (known categories only).
         user_index / item_index / category_index: silver index tables.
 
     Returns:
-        ``user_idx, item_idx, category_idx, ts, value``.
+        ``user_idx, item_idx, category_idx, ts, value, split``.
     """
     return (pairs.join(user_index, "user_id").join(item_index, "item_id")
             .join(F.broadcast(category_index), "category")
-            .select("user_idx", "item_idx", "category_idx", "ts", "value"))
+            .select("user_idx", "item_idx", "category_idx", "ts", "value", "split"))
 
 
 def label_and_weight(df: DataFrame, positive_min_value: float | None, half_life_days: float,

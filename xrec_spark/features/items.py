@@ -3,7 +3,9 @@
 An item's **primary category** (its ``category_idx`` here, and the pool it is sampled from as a
 negative) is its ``bronze.items`` category when set, else the category most of its (user, item)
 interactions were recorded under (ties: the most recent, then the smallest name; the rule
-ingest uses when it derives ``bronze.items`` from events). Rows of
+ingest uses when it derives ``bronze.items`` from events) -- counting its **train** interactions
+only when it has any, so that, like ``train_count``, it does not depend on later events. Only
+an item first seen after the train cutoff (a cold item) takes it from its later interactions. Rows of
 ``silver.interactions`` keep the category of their own event, which can differ for the few
 items a source lists under several categories.
 """
@@ -25,7 +27,7 @@ def item_categories(pairs: DataFrame, items: DataFrame) -> DataFrame:
     """Primary category of every item known with a category.
 
     Args:
-        pairs: deduplicated pairs ``item_id, category, ts`` (known categories).
+        pairs: deduplicated pairs ``item_id, category, ts, split`` (known categories).
         items: bronze.items ``item_id, category``.
 
     Returns:
@@ -33,10 +35,17 @@ def item_categories(pairs: DataFrame, items: DataFrame) -> DataFrame:
     """
     catalogue = (items.select("item_id", _clean("category").alias("catalogue_category"))
                  .where(F.col("catalogue_category").isNotNull()))
+    train = F.col("split") == TRAIN
     counts = (pairs.groupBy("item_id", "category")
-              .agg(F.count(F.lit(1)).alias("n"), F.max("ts").alias("last_ts")))
-    best = Window.partitionBy("item_id").orderBy(F.desc("n"), F.desc("last_ts"), "category")
-    mode = (counts.withColumn("rank", F.row_number().over(best)).where(F.col("rank") == 1)
+              .agg(F.count(F.when(train, 1)).alias("n_train"), F.max(F.when(train, F.col("ts"))).alias("train_ts"),
+                   F.count(F.lit(1)).alias("n"), F.max("ts").alias("last_ts")))
+    # Train counts decide first; the all-time counts only order the categories of a cold item
+    # (n_train = 0 everywhere), as the name comes before them for an item with train rows.
+    has_train = F.max("n_train").over(Window.partitionBy("item_id")) > 0
+    best = Window.partitionBy("item_id").orderBy(
+        F.desc("n_train"), F.desc_nulls_last("train_ts"), F.when(F.col("_has_train"), F.col("category")),
+        F.desc("n"), F.desc("last_ts"), "category")
+    mode = (counts.withColumn("_has_train", has_train).withColumn("rank", F.row_number().over(best)).where(F.col("rank") == 1)
             .select("item_id", F.col("category").alias("event_category")))
     return (catalogue.join(mode, "item_id", "full_outer")
             .select("item_id", F.coalesce("catalogue_category", "event_category").alias("category")))
