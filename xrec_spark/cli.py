@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "nightly": "jobs.nightly",
     "evaluate": "jobs.evaluate",
     "report": "jobs.report",
+    "tune": "jobs.tune",
 }
 
 

@@ -13,7 +13,7 @@ import json
 from datetime import date
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -305,6 +305,41 @@ class PhaseConfig(_Section):
     shared_lr_scale: float = Field(1.0, ge=0)
 
 
+class PrunerKind(str, Enum):
+    NONE = "none"
+    MEDIAN = "median"
+    HYPERBAND = "hyperband"
+
+
+class PrunerConfig(_Section):
+    """How a tuning trial is pruned on its per-epoch valid metric (``xrec tune``).
+
+    ``median``: stop a trial whose metric at an epoch is below the median of the finished
+    trials at that epoch, once ``startup_trials`` trials finished and after ``warmup_epochs``.
+    ``hyperband``: successive halving between ``min_epochs`` and ``max_epochs`` (None: the
+    trial's total epochs) with ``reduction_factor``.
+    """
+
+    kind: PrunerKind = PrunerKind.MEDIAN
+    startup_trials: int = Field(2, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    min_epochs: int = Field(1, ge=1)
+    max_epochs: int | None = Field(None, ge=1)
+    reduction_factor: int = Field(3, ge=2)
+
+
+class TrialConfig(_Section):
+    """The Optuna trial a training run reports its per-epoch valid metric to; set by
+    ``xrec tune`` (see ``xrec_spark/tune/``), read on rank 0 only."""
+
+    # Optuna storage: an RDB URL (``sqlite:///...``) or the path of a journal file.
+    storage: str
+    study: str
+    trial_id: int = Field(ge=0)
+    number: int = Field(ge=0)
+    pruner: PrunerConfig = PrunerConfig()
+
+
 class TrainConfig(_Section):
     num_processes: int = Field(2, ge=1)
     local_mode: bool = True
@@ -331,6 +366,8 @@ class TrainConfig(_Section):
     seed: int = 13
     # Validation (user, category) groups scored per epoch on rank 0; more are sampled down.
     valid_max_groups: int = Field(20_000, ge=1)
+    # Set by `xrec tune` for each trial (None: a plain training run).
+    trial: TrialConfig | None = None
 
 
 # --------------------------------------------------------------------------- batch / eval
@@ -505,11 +542,7 @@ def build_config(data: Mapping[str, Any], overrides: Iterable[str] = (), origin:
         raise ConfigError(_format_errors(e, origin)) from None
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> JobConfig:
-    """Read a YAML config (None: all defaults) and apply overrides."""
-    if path is None:
-        return build_config({}, overrides, origin="defaults")
-    file = Path(path)
+def _read_yaml(file: Path) -> dict[str, Any]:
     if not file.is_file():
         raise ConfigError(f"config file not found: {file}")
     try:
@@ -518,4 +551,27 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         raise ConfigError(f"config file {file} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"config file {file}: top level must be a mapping of sections")
-    return build_config(data, overrides, origin=str(file))
+    return data
+
+
+def merge_sections(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """``overlay`` on ``base``: mappings merge key by key, any other value (lists too) replaces."""
+    out = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_sections(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | Sequence[str | Path] | None = None, overrides: Iterable[str] = ()) -> JobConfig:
+    """Read a YAML config (None: all defaults), or several merged in order (each an overlay on
+    the ones before, e.g. ``conf/local.yaml`` then a tuned ``best.yaml``), and apply overrides."""
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    if not paths:
+        return build_config({}, overrides, origin="defaults")
+    data: dict[str, Any] = {}
+    for file in paths:
+        data = merge_sections(data, _read_yaml(Path(file)))
+    return build_config(data, overrides, origin=" + ".join(str(Path(p)) for p in paths))

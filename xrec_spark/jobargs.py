@@ -25,8 +25,9 @@ def parse_job_args(
     A bad config exits with status 2 and a message naming the key (argparse's convention).
     """
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", default=None,
-                        help=f"YAML config (default: {DEFAULT_CONFIG} when present, else built-in defaults)")
+    parser.add_argument("--config", action="append", default=None,
+                        help=f"YAML config (default: {DEFAULT_CONFIG} when present, else built-in defaults); "
+                             "repeatable: later files are overlays merged on the earlier ones")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value; repeatable")
     parser.add_argument("--log-level", default="INFO")
@@ -37,10 +38,10 @@ def parse_job_args(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "matplotlib", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    path = args.config
+    path: list[str] | None = args.config
     if path is None:
         from pathlib import Path
-        path = DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None
+        path = [DEFAULT_CONFIG] if Path(DEFAULT_CONFIG).is_file() else None
     try:
         cfg = load_config(path, args.overrides)
     except ConfigError as e:

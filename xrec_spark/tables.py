@@ -478,6 +478,16 @@ class Lakehouse:
             return {}
         return self.last_operation_metrics(spec)
 
+    def shallow_clone(self, spec: TableSpec, source: "Lakehouse", version: int) -> None:
+        """Make this lakehouse's ``spec`` table a shallow clone of ``source``'s at ``version``:
+        new metadata, no copied data (its files stay those of the source), replacing any
+        earlier clone. Lets a second root read another root's bronze (``xrec tune`` features)."""
+        if not source.exists(spec):
+            raise TableNotFoundError(f"cannot clone {spec.qualified}: none at {source.path(spec)}")
+        sql = (f"CREATE OR REPLACE TABLE delta.`{self.path(spec)}` SHALLOW CLONE "
+               f"delta.`{source.path(spec)}` VERSION AS OF {int(version)}")
+        _with_retry(lambda: self.spark.sql(sql), f"shallow clone of {spec.qualified}")
+
     def last_operation_metrics(self, spec: TableSpec) -> dict[str, int]:
         row = DeltaTable.forPath(self.spark, self.path(spec)).history(1).select("operationMetrics").first()
         metrics = (row["operationMetrics"] or {}) if row else {}

@@ -102,6 +102,10 @@ class Trainer:
         self.metric_name = f"ndcg@{self.tc.eval_k}"
         self._wait = 0.0
         self.phase_base = np.cumsum([0] + [p.epochs for p in self.tc.phases]).tolist()
+        self.trial = None   # `xrec tune`: rank 0 reports each epoch's metric and may be told to prune
+        if info.is_zero and self.tc.trial is not None:
+            from xrec_spark.tune.pruning import TrialReporter
+            self.trial = TrialReporter(self.tc.trial, total_epochs=self.phase_base[-1])
 
     # ------------------------------------------------------------------ state
 
@@ -212,13 +216,14 @@ class Trainer:
                     self.amp.scaler.load_state_dict(state["scaler"])
             pos = self._run_epoch(phase, epoch, shard, steps, pos, prog, net, optimizer, scheduler, params, cats)
             record, stop = self._end_epoch(phase, epoch, pos, prog)
+            prog.finished = prog.finished or bool(record.get("pruned"))   # a pruned trial skips later phases
             last = stop or epoch + 1 == phase.epochs
             nxt = Position(phase=p + 1 if last else p, epoch=0 if last else epoch + 1,
                            global_step=pos.global_step)
             self._checkpoint(nxt, prog, None if last else optimizer, None if last else scheduler)
             pos = nxt
             if stop:
-                if self.info.is_zero:
+                if self.info.is_zero and not record.get("pruned"):
                     log.info("early stop of phase %s after epoch %d: no %s gain for %d epoch(s)", phase.name,
                              epoch + 1, self.metric_name, prog.bad_epochs)
                 break
@@ -310,6 +315,8 @@ class Trainer:
                 else:
                     prog.bad_epochs += 1
                     stop = prog.bad_epochs > self.tc.patience
+                if self.trial is not None and self.trial.should_stop(metric, self.phase_base[pos.phase] + epoch + 1):
+                    record["pruned"] = stop = True
             self.progress.end_epoch(record)
             return record, stop, {"best_metric": prog.best_metric, "best_at": prog.best_at,
                                   "bad_epochs": prog.bad_epochs}
