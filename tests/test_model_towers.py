@@ -18,7 +18,7 @@ from xrec_spark.model.encoders import HistoryEncoder
 from xrec_spark.model.towers import CrossCategoryModel, ModelSizes, unique_items
 
 GRID = [dict(history_encoder=h, bottom=b, fusion=f, share_across_categories=s)
-        for h, b, f, s in itertools.product(["none", "mean", "attention", "gru"], ["shared", "mmoe"],
+        for h, b, f, s in itertools.product(["none", "mean", "attention", "gru", "category_attention"], ["shared", "mmoe"],
                                             ["concat", "gated"], [True, False])]
 
 

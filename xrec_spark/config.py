@@ -236,6 +236,9 @@ class HistoryEncoderKind(str, Enum):
     MEAN = "mean"
     ATTENTION = "attention"
     GRU = "gru"
+    # Attention whose query is the *target* category: a user's books history weighs
+    # differently when scoring electronics than when scoring music.
+    CATEGORY_ATTENTION = "category_attention"
 
 
 class BottomKind(str, Enum):
@@ -257,6 +260,7 @@ class FusionKind(str, Enum):
 class LossKind(str, Enum):
     BCE = "bce"
     SAMPLED_SOFTMAX = "sampled_softmax"
+    SOFTMAX = "softmax"
 
 
 class TaskWeighting(str, Enum):
@@ -286,6 +290,18 @@ class ModelConfig(_Section):
     seed: int = 0
     # Embedding size of the distilled student two-tower (used when distill is true).
     student_dim: int = Field(16, ge=1)
+    # score = b(i) + <f_k(h_u), g(i)>: a per-item bias that starts at log(1 + train_count), with
+    # the dot product starting at 0 (heads zero-initialised), so an untrained model ranks
+    # exactly like per-category popularity. Exported as one extra vector dimension.
+    item_bias: bool = False
+    # loss=softmax: categories with at most this many items are ranked against all of them;
+    # larger ones against a uniform pool of softmax_pool items (plus the batch's positives),
+    # with the log-Q correction.
+    softmax_full_max_items: int = Field(50_000, ge=1)
+    softmax_pool: int = Field(4096, ge=1)
+    # Items with fewer train positives than this own no id row: they are scored from category,
+    # popularity and content (an id row that one example trains only memorises it).
+    min_item_count: int = Field(0, ge=0)
 
 
 # --------------------------------------------------------------------------- train
@@ -358,6 +374,8 @@ class TrainConfig(_Section):
     target_categories: list[str] = Field(default_factory=list)
     source_top_n: int = Field(5, ge=1)
     grad_clip: float = Field(5.0, gt=0)
+    # Decoupled weight decay (AdamW) on every trained parameter but the item bias.
+    weight_decay: float = Field(0.0, ge=0)
     checkpoint_dir: str | None = None
     checkpoint_every_steps: int = Field(200, ge=1)
     patience: int = Field(2, ge=0)

@@ -85,7 +85,10 @@ class HistoryEncoder(nn.Module):
     Inputs: items ``[B, L, D]`` (item-tower vectors, most recent first), mask bool ``[B, L]``
     (False = padding). Output ``[B, D]``; an empty history gives zeros. Kinds: ``mean`` (masked
     mean), ``attention`` (learned query over the items plus a recency bias per position),
-    ``gru`` (GRU over the items oldest to newest, last state projected).
+    ``gru`` (GRU over the items oldest to newest, last state projected), ``category_attention``
+    (the query is the target category's: one learned vector per category, plus a learned bonus
+    for history items of the target category itself; it needs ``target [B]`` and the history
+    items' categories ``item_category [B, L]``, and starts as the mean: zero queries and bonus).
 
     Example::
 
@@ -94,12 +97,19 @@ class HistoryEncoder(nn.Module):
         # -> [[1, 1, 1, 1], [0, 0, 0, 0]]
     """
 
-    def __init__(self, kind: HistoryEncoderKind, dim: int) -> None:
+    def __init__(self, kind: HistoryEncoderKind, dim: int, n_categories: int = 0) -> None:
         super().__init__()
         if kind is HistoryEncoderKind.NONE:
             raise ValueError("HistoryEncoder kind 'none' has no encoder; do not build one")
         self.kind = kind
-        if kind is HistoryEncoderKind.ATTENTION:
+        if kind is HistoryEncoderKind.CATEGORY_ATTENTION:
+            if n_categories < 1:
+                raise ValueError("history_encoder=category_attention needs n_categories >= 1")
+            self.key = nn.Linear(dim, dim)
+            self.category_query = nn.Parameter(torch.zeros(n_categories + 1, dim))
+            self.same_category = nn.Parameter(torch.zeros(()))
+            self.position_bias = nn.Parameter(torch.zeros(MAX_POSITIONS))
+        elif kind is HistoryEncoderKind.ATTENTION:
             self.key = nn.Linear(dim, dim)
             self.query = nn.Parameter(torch.zeros(dim))
             self.position_bias = nn.Parameter(torch.zeros(MAX_POSITIONS))
@@ -107,12 +117,20 @@ class HistoryEncoder(nn.Module):
             self.gru = nn.GRU(dim, dim, batch_first=True)
             self.out = nn.Linear(dim, dim)
 
-    def pool(self, table: Tensor, index: Tensor, mask: Tensor) -> Tensor:
+    @property
+    def targeted(self) -> bool:
+        """True when pooling depends on the target category (``target`` / ``item_category`` needed)."""
+        return self.kind is HistoryEncoderKind.CATEGORY_ATTENTION
+
+    def pool(self, table: Tensor, index: Tensor, mask: Tensor, target: Tensor | None = None,
+             item_category: Tensor | None = None) -> Tensor:
         """Like ``forward`` for items given as rows of ``table`` ``[U, D]`` picked by ``index`` ``[B, L]``.
 
         Mean pooling runs as a weighted EmbeddingBag over the table, never materialising the
         ``[B, L, D]`` history (several times cheaper forward and backward).
         """
+        if self.targeted:
+            return self.forward(table[index], mask, target, item_category)
         if self.kind is not HistoryEncoderKind.MEAN:
             return self.forward(table[index], mask)
         counts = mask.sum(1)
@@ -120,8 +138,13 @@ class HistoryEncoder(nn.Module):
         weights = (1.0 / counts.clamp_min(1).to(table.dtype)).repeat_interleave(counts)
         return F.embedding_bag(index[mask], table, offsets, mode="sum", per_sample_weights=weights)
 
-    def forward(self, items: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, items: Tensor, mask: Tensor, target: Tensor | None = None,
+                item_category: Tensor | None = None) -> Tensor:
         maskf = mask.to(items.dtype)
+        if self.targeted:
+            if target is None or item_category is None:
+                raise ValueError("history_encoder=category_attention needs target and item_category")
+            return self._category_attention(items, mask, maskf, target, item_category)
         if self.kind is HistoryEncoderKind.MEAN:
             return (items * maskf.unsqueeze(-1)).sum(1) / maskf.sum(1, keepdim=True).clamp_min(1.0)
         if self.kind is HistoryEncoderKind.ATTENTION:
@@ -132,6 +155,17 @@ class HistoryEncoder(nn.Module):
         positions = torch.arange(items.shape[1], device=items.device).clamp_max(MAX_POSITIONS - 1)
         logits = torch.tanh(self.key(items)) @ self.query + self.position_bias[positions]
         # Finite fill, then renormalise over real items: an all-padding row pools to zeros, not NaN.
+        weights = torch.softmax(logits.masked_fill(~mask, -1e4), dim=1) * maskf
+        weights = weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
+        return (weights.unsqueeze(-1) * items).sum(1)
+
+    def _category_attention(self, items: Tensor, mask: Tensor, maskf: Tensor, target: Tensor,
+                            item_category: Tensor) -> Tensor:
+        positions = torch.arange(items.shape[1], device=items.device).clamp_max(MAX_POSITIONS - 1)
+        query = self.category_query[target.clamp(0, self.category_query.shape[0] - 1)]      # [B, D]
+        logits = (torch.tanh(self.key(items)) * query.unsqueeze(1)).sum(-1)                # [B, L]
+        logits = logits + self.same_category * (item_category == target.unsqueeze(1)).to(items.dtype)
+        logits = logits + self.position_bias[positions]
         weights = torch.softmax(logits.masked_fill(~mask, -1e4), dim=1) * maskf
         weights = weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
         return (weights.unsqueeze(-1) * items).sum(1)

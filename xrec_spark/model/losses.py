@@ -6,7 +6,7 @@ Kept apart from the model so the same model serves training and inference. Shape
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,14 @@ class MultiTaskLoss(nn.Module):
       ``log(1 + train_count)``), the log-popularity correction of sampling bias. None: no
       correction. L_k = weighted mean cross-entropy of the true item.
 
+    - ``softmax``: positives only; each positive is ranked against its category's items, as
+      evaluation ranks them: logits <u, v_j> / temperature over **every** item j of the category
+      when it has at most ``softmax_full_max_items``, else over a pool of ``softmax_pool`` items
+      drawn uniformly from the category each step (shared by the batch) plus the batch's
+      positives of the category, minus log Q_j, the log of j's chance to be in that set (Yi et
+      al., RecSys 2019). Needs ``catalogue`` (the items of each category) and ``item_vectors``
+      (the model's ``item_vectors``), passed to ``forward``.
+
     Weights (normalised over the categories in the batch): ``uniform`` w_k = 1/|present|;
     ``size`` w_k ∝ category_sizes[k]; ``uncertainty`` (Kendall, Gal & Cipolla 2018) total =
     mean_k(exp(−s_k) L_k + s_k) with one learned log-variance s_k per category.
@@ -46,6 +54,7 @@ class MultiTaskLoss(nn.Module):
         if n_categories < 1:
             raise ValueError(f"MultiTaskLoss: n_categories must be >= 1, got {n_categories}")
         self.kind, self.weighting, self.temperature = cfg.loss, cfg.task_weighting, cfg.temperature
+        self.full_max, self.pool = cfg.softmax_full_max_items, cfg.softmax_pool
         self.n_categories = n_categories
         sizes = torch.ones(n_categories + 1)
         if cfg.task_weighting is TaskWeighting.SIZE:
@@ -61,12 +70,18 @@ class MultiTaskLoss(nn.Module):
         return [self.log_vars[str(k)]] if str(k) in self.log_vars else []
 
     def forward(self, u: Tensor, v: Tensor, batch: Mapping[str, Tensor],
-                log_popularity: Tensor | None = None) -> tuple[Tensor, dict[int, float]]:
+                log_popularity: Tensor | None = None, catalogue: "Catalogue | None" = None,
+                item_vectors: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, dict[int, float]]:
         category = batch["category_idx"]
         label = batch["label"].to(u.dtype)
         weight = batch["weight"].to(u.dtype) if "weight" in batch else torch.ones_like(label)
         if self.kind is LossKind.BCE:
             losses, rows = F.binary_cross_entropy_with_logits((u * v).sum(-1), label, reduction="none"), None
+        elif self.kind is LossKind.SOFTMAX:
+            if catalogue is None or item_vectors is None:
+                raise ValueError("model.loss=softmax needs the catalogue and item_vectors (see MultiTaskLoss)")
+            losses, rows = self._category_softmax(u, batch, category, label, catalogue, item_vectors)
+            category, weight = category[rows], weight[rows]
         else:
             losses, rows = self._sampled_softmax(u, v, batch, category, label, log_popularity)
             category, weight = category[rows], weight[rows]
@@ -106,6 +121,67 @@ class MultiTaskLoss(nn.Module):
         logits = logits.masked_fill(invalid, float("-inf"))
         target = torch.arange(rows.numel(), device=u.device)
         return F.cross_entropy(logits, target, reduction="none"), rows
+
+
+    def _category_softmax(self, u: Tensor, batch: Mapping[str, Tensor], category: Tensor, label: Tensor,
+                          catalogue: "Catalogue", item_vectors: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        rows = torch.nonzero(label > 0.5).squeeze(1)
+        item, cat = batch["item_idx"][rows], category[rows]
+        sets: list[tuple[Tensor, Tensor, Tensor | None]] = []   # (rows of k, candidates, log Q)
+        for k in torch.unique(cat).tolist():
+            mine = torch.nonzero(cat == k).squeeze(1)
+            items = catalogue.items(int(k)).to(item.device)
+            positives = item[mine]
+            if items.numel() <= self.full_max:
+                sets.append((mine, torch.unique(torch.cat([items, positives])), None))
+                continue
+            drawn = items[torch.randint(items.numel(), (self.pool,), generator=catalogue.generator).to(item.device)]
+            candidates = torch.unique(torch.cat([drawn, positives]))
+            # Chance to be in the set: the uniform pool's share plus the batch's positives, drawn
+            # in proportion to train popularity within the category.
+            pop = catalogue.popularity(candidates, int(k)).to(u.dtype)
+            q = self.pool / items.numel() + positives.numel() * pop
+            sets.append((mine, candidates, torch.log(q.clamp(1e-12, 1.0))))
+        every = torch.unique(torch.cat([c for _, c, _ in sets]))
+        vectors = item_vectors(every).to(u.dtype)
+        out = torch.empty(rows.numel(), dtype=u.dtype, device=u.device)
+        for mine, candidates, log_q in sets:
+            logits = (u[rows[mine]] @ vectors[torch.searchsorted(every, candidates)].T) / self.temperature
+            if log_q is not None:
+                logits = logits - log_q.unsqueeze(0)
+            target = torch.searchsorted(candidates, item[mine])
+            out[mine] = F.cross_entropy(logits, target, reduction="none")
+        return out, rows
+
+
+class Catalogue:
+    """The items of each category, for ``loss=softmax``: ``items(k)`` sorted ids ``[N_k]``,
+    ``popularity(ids, k)`` each id's share of the category's train positives, and the generator
+    that draws sampled pools (seeded: same seed, same pools).
+
+    Example::
+
+        cat = Catalogue(item_category=torch.tensor([0, 1, 1, 2]), train_count=torch.tensor([0, 3, 1, 2]), seed=0)
+        cat.items(1)  # tensor([1, 2])
+    """
+
+    def __init__(self, item_category: Tensor, train_count: Tensor, seed: int) -> None:
+        ids = torch.arange(item_category.shape[0])
+        real = ids >= 1
+        self._items = {int(k): ids[real & (item_category == k)] for k in torch.unique(item_category[real]).tolist()}
+        counts = train_count.to(torch.float64)
+        totals = {k: float(counts[v].sum()) for k, v in self._items.items()}
+        self._share = torch.zeros_like(counts, dtype=torch.float32)
+        for k, v in self._items.items():
+            if totals[k] > 0:
+                self._share[v] = (counts[v] / totals[k]).to(torch.float32)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def items(self, k: int) -> Tensor:
+        return self._items.get(k, torch.zeros(0, dtype=torch.long))
+
+    def popularity(self, ids: Tensor, k: int) -> Tensor:
+        return self._share.to(ids.device)[ids]
 
 
 def _size_table(category_sizes: Sequence[int] | None, n_categories: int) -> Tensor:

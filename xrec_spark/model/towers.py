@@ -1,4 +1,4 @@
-"""The two towers and the cross-category model that wires them: s(u, i, k) = <f_k(h_u), g(i)>.
+"""The two towers and the cross-category model that wires them: s(u, i, k) = b(i) + <f_k(h_u), g(i)>.
 
 Shapes: ``B`` batch, ``L`` history length, ``D`` embedding_dim, ``K`` categories. Dense ids
 start at 1; 0 is padding. An id above the embedding table (a user or item added after
@@ -105,7 +105,32 @@ class ItemTower(nn.Module):
                                        self.d_txt if cfg.content_encoder is ContentEncoderKind.SENTENCE else None,
                                        self.d_img) if has_content else None)
         self.dropout = dropout
+        self.min_log_count = math.log1p(cfg.min_item_count) - 1e-6
+        # b(i): a row per trained item with train positives; every other item (no positive in
+        # train, or added after training) takes its category's prior for unseen items.
+        self.bias = nn.Embedding(n_items + 1, 1) if cfg.item_bias else None
+        self.unseen_bias = nn.Embedding(n_categories + 1, 1) if cfg.item_bias else None
         self.set_content(content)
+
+    @torch.no_grad()
+    def init_bias(self) -> None:
+        """b(i) = log(1 + train_count(i)); the unseen prior log(1 + 0) = 0: popularity order."""
+        if self.bias is None:
+            return
+        rows = self.bias.num_embeddings
+        log_pop = self.content_log_popularity[:rows].to(self.bias.weight.dtype)
+        self.bias.weight.zero_()
+        self.bias.weight[: log_pop.shape[0], 0] = log_pop
+        self.unseen_bias.weight.zero_()
+
+    def item_bias(self, item_idx: Tensor) -> Tensor:
+        """b(i) ``[N]`` (zeros without ``cfg.item_bias``)."""
+        if self.bias is None:
+            return torch.zeros(item_idx.shape[0], device=item_idx.device)
+        counted = (self.content_log_popularity[item_idx] > 0) & (item_idx < self.bias.num_embeddings)
+        own = lookup(self.bias, item_idx).squeeze(-1)
+        prior = lookup(self.unseen_bias, self.content_category[item_idx]).squeeze(-1)
+        return torch.where(counted, own, prior)
 
     def set_content(self, content: ItemContent) -> None:
         """Replace the per-item content (e.g. with new items appended); vector sizes must match."""
@@ -126,6 +151,8 @@ class ItemTower(nn.Module):
 
     def forward(self, item_idx: Tensor) -> Tensor:
         keep = self.dropout(item_idx.shape[0], item_idx.device)
+        if self.min_log_count > 0:
+            keep = keep * (self.content_log_popularity[item_idx] >= self.min_log_count).unsqueeze(-1).to(keep.dtype)
         out = lookup(self.ids, item_idx) * keep
         # lookup: an item of a category added after training (above n_categories) gets a zero
         # category vector instead of an index error, like an item above n_items gets no id vector.
@@ -152,16 +179,18 @@ class UserTower(nn.Module):
               torch.ones(2, 5, dtype=torch.bool)).shape  # (2, 8)
     """
 
-    def __init__(self, n_users: int, dim: int, kind: HistoryEncoderKind, dropout: IdDropout) -> None:
+    def __init__(self, n_users: int, dim: int, kind: HistoryEncoderKind, dropout: IdDropout,
+                 n_categories: int = 0) -> None:
         super().__init__()
         self.ids = nn.Embedding(n_users + 1, dim, padding_idx=0)
-        self.history = None if kind is HistoryEncoderKind.NONE else HistoryEncoder(kind, dim)
+        self.history = None if kind is HistoryEncoderKind.NONE else HistoryEncoder(kind, dim, n_categories)
         self.dropout = dropout
 
-    def forward(self, user_idx: Tensor, table: Tensor, index: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, user_idx: Tensor, table: Tensor, index: Tensor, mask: Tensor,
+                target: Tensor | None = None, item_category: Tensor | None = None) -> Tensor:
         out = lookup(self.ids, user_idx) * self.dropout(user_idx.shape[0], user_idx.device)
         if self.history is not None:
-            out = out + self.history.pool(table, index, mask)
+            out = out + self.history.pool(table, index, mask, target, item_category)
         return out
 
 
@@ -184,9 +213,10 @@ class CrossCategoryModel(nn.Module):
         dropout = IdDropout(cfg.id_dropout, torch.Generator().manual_seed(cfg.seed + 1))
         self.item_tower = ItemTower(cfg, sizes.n_items, sizes.n_categories, content, dropout)
         d, kind = cfg.embedding_dim, cfg.history_encoder
-        self.user_tower = UserTower(sizes.n_users, d, kind, dropout) if cfg.share_across_categories else None
+        n_cat = sizes.n_categories
+        self.user_tower = UserTower(sizes.n_users, d, kind, dropout, n_cat) if cfg.share_across_categories else None
         self.user_towers = None if cfg.share_across_categories else nn.ModuleDict(
-            {str(k): UserTower(sizes.n_users, d, kind, dropout) for k in range(1, sizes.n_categories + 1)})
+            {str(k): UserTower(sizes.n_users, d, kind, dropout, n_cat) for k in range(1, n_cat + 1)})
         self.heads = CategoryHeads(sizes.n_categories, d, cfg.hidden_dim, cfg.bottom, cfg.experts,
                                    shared=cfg.share_across_categories)
         self.reset_parameters(torch.Generator().manual_seed(cfg.seed))
@@ -194,9 +224,18 @@ class CrossCategoryModel(nn.Module):
     # ------------------------------------------------------------------ parameters
 
     def reset_parameters(self, generator: torch.Generator) -> None:
-        """Initialise every parameter from ``generator`` (the global RNG is not touched)."""
+        """Initialise every parameter from ``generator`` (the global RNG is not touched).
+
+        With ``cfg.item_bias`` the heads' maps start at zero, so the score starts as the bias
+        alone (popularity order) and training adds the user-item part to it.
+        """
         for module in self.modules():
             init_module(module, generator)
+        if self.cfg.item_bias:
+            self.item_tower.init_bias()
+            with torch.no_grad():
+                for k in range(1, self.sizes.n_categories + 1):
+                    self.heads.head(k).linear.weight.zero_()
 
     def category_parameters(self, k: int) -> list[nn.Parameter]:
         """Parameters that belong to category k alone (θ_k, its gate, its own tower when not sharing)."""
@@ -235,7 +274,7 @@ class CrossCategoryModel(nn.Module):
         self.heads.heads[str(k)] = head
         if self.user_towers is not None:
             tower = UserTower(self.sizes.n_users, self.cfg.embedding_dim, self.cfg.history_encoder,
-                              self.item_tower.dropout).to(self.item_tower.ids.weight.device)
+                              self.item_tower.dropout, k).to(self.item_tower.ids.weight.device)
             for module in tower.modules():
                 init_module(module, generator)
             self.user_towers[str(k)] = tower
@@ -245,6 +284,19 @@ class CrossCategoryModel(nn.Module):
             grown.weight.zero_()
             grown.weight[:k] = old.weight
         self.item_tower.category = grown
+        encoder = self.user_tower.history if self.user_tower is not None else None
+        if encoder is not None and encoder.targeted:
+            with torch.no_grad():   # the new category's query starts at zero: mean pooling
+                grown_query = torch.zeros(k + 1, encoder.category_query.shape[1], device=old.weight.device)
+                grown_query[:k] = encoder.category_query
+            encoder.category_query = nn.Parameter(grown_query)
+        if self.item_tower.unseen_bias is not None:
+            prior = self.item_tower.unseen_bias
+            grown_prior = nn.Embedding(k + 1, 1).to(prior.weight.device)
+            with torch.no_grad():
+                grown_prior.weight.zero_()
+                grown_prior.weight[:k] = prior.weight
+            self.item_tower.unseen_bias = grown_prior
         self.sizes = replace(self.sizes, n_categories=k)
         return k
 
@@ -256,12 +308,24 @@ class CrossCategoryModel(nn.Module):
         n = item_idx.shape[0]
         if self.cfg.history_encoder is HistoryEncoderKind.NONE:
             v = self.item_tower(item_idx)
-            return self._user_side(user_idx, history, v, torch.zeros_like(history), category_idx), v
+            u = self._user_side(user_idx, history, v, torch.zeros_like(history), category_idx)
+            return self._with_user_bias(u), self._with_item_bias(v, item_idx)
         # One item-tower pass over the distinct candidate and history items of the batch.
         uniq, inverse = unique_items(torch.cat([item_idx, history.reshape(-1)]), self.item_tower.content_rows)
         vectors = self.item_tower(uniq)
         index = inverse[n:].view(history.shape)
-        return self._user_side(user_idx, history, vectors, index, category_idx), vectors[inverse[:n]]
+        u = self._user_side(user_idx, history, vectors, index, category_idx)
+        return self._with_user_bias(u), self._with_item_bias(vectors[inverse[:n]], item_idx)
+
+    def _with_user_bias(self, u: Tensor) -> Tensor:
+        """``[B, D] -> [B, D + 1]`` with a trailing 1 when the model has item biases."""
+        return torch.cat([u, torch.ones_like(u[:, :1])], dim=1) if self.cfg.item_bias else u
+
+    def _with_item_bias(self, v: Tensor, item_idx: Tensor) -> Tensor:
+        """``[N, D] -> [N, D + 1]`` with b(i) last, so <u, v> = b(i) + <f_k(h_u), g(i)>."""
+        if not self.cfg.item_bias:
+            return v
+        return torch.cat([v, self.item_tower.item_bias(item_idx).to(v.dtype).unsqueeze(-1)], dim=1)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         u, v = self.encode(batch)
@@ -274,28 +338,33 @@ class CrossCategoryModel(nn.Module):
         user_idx, history, _, category_idx = self._check_batch(batch)
         if self.cfg.history_encoder is HistoryEncoderKind.NONE:
             table = torch.zeros(1, self.cfg.embedding_dim, device=history.device)
-            return self._user_side(user_idx, history, table, torch.zeros_like(history), category_idx)
+            u = self._user_side(user_idx, history, table, torch.zeros_like(history), category_idx)
+            return self._with_user_bias(u)
         uniq, inverse = unique_items(history.reshape(-1), self.item_tower.content_rows)
         table = self.item_tower(uniq)
-        return self._user_side(user_idx, history, table, inverse.view(history.shape), category_idx)
+        return self._with_user_bias(self._user_side(user_idx, history, table, inverse.view(history.shape),
+                                                    category_idx))
 
     def item_vectors(self, item_idx: Tensor) -> Tensor:
-        """Item vectors ``[B, D]`` = g(item); new items (above n_items) come from content alone."""
+        """Item vectors ``[B, D]`` = g(item) (``[B, D + 1]`` with b(i) last when the model has item
+        biases); new items (above n_items) come from content alone."""
         self._check_items(item_idx, "item_idx")
-        return self.item_tower(item_idx)
+        return self._with_item_bias(self.item_tower(item_idx), item_idx)
 
     def _user_side(self, user_idx: Tensor, history: Tensor, table: Tensor, index: Tensor,
                    category_idx: Tensor) -> Tensor:
         """u = f_k(h_u) ``[B, D]``; the history is rows ``index`` ``[B, L]`` of ``table`` ``[U, D]``."""
         groups = group_by_category(category_idx)
         mask = history != 0
-        if self.user_tower is not None:
-            return self.heads(self.user_tower(user_idx, table, index, mask), category_idx, groups)
         hist_category = self.item_tower.content_category[history]
+        if self.user_tower is not None:
+            h = self.user_tower(user_idx, table, index, mask, category_idx, hist_category)
+            return self.heads(h, category_idx, groups)
 
         def one(k: int, users: Tensor, idx: Tensor, m: Tensor, cats: Tensor) -> Tensor:
             # No sharing: category k sees only its own items in the history.
-            h = self.user_towers[str(k)](users, table, idx, m & (cats == k))  # type: ignore[index]
+            target = torch.full_like(users, k)
+            h = self.user_towers[str(k)](users, table, idx, m & (cats == k), target, cats)  # type: ignore[index]
             return self.heads.forward_one(k, h)
 
         return per_category(groups, one, user_idx, index, mask, hist_category)

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from xrec_spark.config import JobConfig, LossKind, PhaseConfig
 from xrec_spark.model.checkpoint import save_model
 from xrec_spark.model.content import ItemContent
-from xrec_spark.model.losses import MultiTaskLoss
+from xrec_spark.model.losses import Catalogue, MultiTaskLoss
 from xrec_spark.model.towers import CrossCategoryModel, ModelSizes
 from xrec_spark.model.transfer import phase_categories, phase_param_groups
 from xrec_spark.train import ranks
@@ -40,15 +40,28 @@ log = logging.getLogger(__name__)
 class _Objective(nn.Module):
     """Model + loss as one module for DDP: batch -> total loss (a scalar)."""
 
-    def __init__(self, model: CrossCategoryModel, loss: MultiTaskLoss, log_popularity: Tensor | None) -> None:
+    def __init__(self, model: CrossCategoryModel, loss: MultiTaskLoss, log_popularity: Tensor | None,
+                 catalogue: Catalogue | None = None) -> None:
         super().__init__()
         self.model, self.loss = model, loss
-        self.log_popularity = log_popularity
+        self.log_popularity, self.catalogue = log_popularity, catalogue
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         u, v = self.model.encode(batch)
-        total, _ = self.loss(u, v, batch, self.log_popularity)
+        total, _ = self.loss(u, v, batch, self.log_popularity, self.catalogue, self.model.item_vectors)
         return total
+
+
+def no_decay_groups(groups: list[dict], keep: set[int]) -> list[dict]:
+    """Split the parameters whose id is in ``keep`` into their own groups with weight_decay 0
+    (the item bias: decaying it would pull the popularity prior towards 0)."""
+    out = []
+    for g in groups:
+        decayed = [p for p in g["params"] if id(p) not in keep]
+        kept = [p for p in g["params"] if id(p) in keep]
+        out += [{**g, "params": decayed}] if decayed else []
+        out += [{**g, "params": kept, "name": g.get("name", "") + "/no_decay", "weight_decay": 0.0}] if kept else []
+    return out
 
 
 class _Amp:
@@ -95,7 +108,9 @@ class Trainer:
         self.model = CrossCategoryModel(cfg.model, sizes, content).to(self.device)
         self.loss = MultiTaskLoss(cfg.model, sizes.n_categories, spec.category_sizes).to(self.device)
         log_pop = content.log_popularity if cfg.model.loss is LossKind.SAMPLED_SOFTMAX else None
-        self.objective = _Objective(self.model, self.loss, log_pop)
+        catalogue = (Catalogue(content.category.cpu(), torch.expm1(content.log_popularity.cpu()).round(),
+                               mix_seed(self.tc.seed, 7, info.rank)) if cfg.model.loss is LossKind.SOFTMAX else None)
+        self.objective = _Objective(self.model, self.loss, log_pop, catalogue)
         self.amp = _Amp(self.device)
         self.progress = Progress(info.is_zero)
         self.validation = load_validation(spec, cfg) if info.is_zero else None
@@ -192,7 +207,9 @@ class Trainer:
                                     sources, targets)
         cats = torch.tensor(sorted(phase_categories(phase.name, sources, targets)), dtype=torch.long)
         params = [q for g in groups for q in g["params"]]
-        optimizer = torch.optim.Adam(groups)
+        bias = [t for t in (self.model.item_tower.bias, self.model.item_tower.unseen_bias) if t is not None]
+        optimizer = torch.optim.AdamW(no_decay_groups(groups, {id(t.weight) for t in bias}),
+                                      weight_decay=self.tc.weight_decay)
         net: nn.Module = self.objective
         if self.info.distributed:
             # Re-wrapped per phase: which parameters train changes between phases. Unused
