@@ -103,11 +103,15 @@ def test_als_tuned_on_valid_ranks_within_category(spark):
     features = spark.createDataFrame(
         [(i, 1 if i < 20 or i == 30 else 2, 1) for i in [*range(10, 18), *range(20, 24), 30]],
         "item_idx int, category_idx int, train_count long")
-    cfg = EvalConfig(als_ranks=[2, 4], als_reg_params=[0.1], als_alphas=[5.0], als_max_iter=5, tune_k=3)
+    # Stage 1: reg x alpha at rank 2 (4 points); stage 2: ranks 2 (already tried) and 4 at the best.
+    cfg = EvalConfig(als_base_rank=2, als_ranks=[2, 4], als_reg_params=[0.01, 1.0], als_alphas=[1.0, 5.0],
+                     als_max_iter=5, tune_k=3)
     factors, grid = tune_als(inter, features, cfg, block_size=64)
-    assert [p.rank for p, _, _ in grid] == [2, 4]
+    stage1 = max(grid[:4], key=lambda g: g[1])[0]
+    assert [(p.rank, p.reg_param, p.alpha) for p, _, _ in grid] == [
+        (2, 0.01, 1.0), (2, 0.01, 5.0), (2, 1.0, 1.0), (2, 1.0, 5.0), (4, stage1.reg_param, stage1.alpha)]
     assert all(n == 12 for _, _, n in grid)  # valid (user, category) pairs: 8 in category 1, 3 in 2, user 9
-    assert factors.params == max(grid, key=lambda g: g[1])[0]
+    assert factors.params == max(grid, key=lambda g: g[1])[0]   # the best valid point of all tried
     pairs = spark.createDataFrame([(1, 1), (6, 2), (9, 1)], "user_idx int, category_idx int")
     seen = seen_before(inter, C.VALID)
     got = lists_of(als_rankings(factors, pairs, features, seen, 10, 64))

@@ -100,6 +100,10 @@ def test_evaluate_and_report_end_to_end(lakehouse, config_file, tmp_path, capsys
     assert _value(rows, model, "warm", category="books")[C.GROUPS] == 2
     warm = _value(rows, model, "warm")
     assert warm[C.CI_LOW] <= warm[C.VALUE] <= warm[C.CI_HIGH]
+    # The paired difference model - baseline, per group, with its own interval.
+    diff = _value(rows, f"{model} - {pop}", "warm")
+    assert diff[C.VALUE] == pytest.approx(want_model_warm - 1.0) and diff[C.GROUPS] == 3
+    assert diff[C.CI_LOW] <= diff[C.VALUE] <= diff[C.CI_HIGH] < 0
     # The global list ignores categories: [1, 5, 2, 3, 6, 4, 7, 8] (3 and 6 tie: lower id first);
     # minus seen items it is [3, 6, 4, 7, 8] for u1 (both categories) and [2, 3, 4, 7, 8] for u2.
     assert _value(rows, "popularity_global", "warm", "recall", 10)[C.VALUE] == pytest.approx(1.0)
@@ -122,6 +126,7 @@ def test_evaluate_and_report_end_to_end(lakehouse, config_file, tmp_path, capsys
     report = tmp_path / "report"
     text = (report / "index.md").read_text(encoding="utf-8")
     assert "| model |" in text and "cross_category" in text and "m1" in text
+    assert "## Model − each baseline" in text and "| popularity_category | " in text
     assert "2020-03-01" in text                               # the test period's dates
     assert "no metric-vs-epoch curve" in text                 # m1 has no training history
     for png in ("ndcg10_by_category_all.png", "category_transfer.png"):

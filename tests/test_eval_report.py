@@ -7,7 +7,7 @@ import pytest
 
 from xrec_spark.eval import columns as C
 from xrec_spark.eval import plots
-from xrec_spark.eval.report import coverage_table, summary_table, training_history, verdicts
+from xrec_spark.eval.report import coverage_table, paired_table, summary_table, training_history, verdicts
 
 
 def _row(system, slice_, value, low, high, groups, category="all", metric="ndcg", k=10, split="test"):
@@ -39,14 +39,29 @@ def test_summary_table_lists_systems_by_slice_with_intervals_and_counts():
     assert "0.9000 (n=300)" in summary_table(METRICS, C.RECALL, 10, "test")       # no interval
 
 
-def test_verdicts_call_a_win_only_when_intervals_are_apart():
-    text = verdicts(METRICS, C.NDCG, 10, "test")
+DIFFS = pd.DataFrame([   # paired differences model - baseline (bootstrap of per-group differences)
+    _row("model - popularity_category", "warm", 0.020, 0.010, 0.030, 300),          # excludes 0: win
+    _row("model - als", "warm", 0.030, 0.020, 0.040, 300),
+    _row("model - popularity_category", "cross_category", 0.001, 0.0005, 0.002, 250),  # overlap, yet a win
+    _row("model - popularity_category", "cold_item", -0.009, -0.012, -0.004, 120),   # loss
+    _row("model - popularity_category", "cold_user", 0.4, 0.2, 0.6, 5),              # too few groups
+])
+
+
+def test_verdicts_come_from_the_paired_difference_interval():
+    rows = pd.concat([METRICS, DIFFS], ignore_index=True)
+    text = verdicts(rows, C.NDCG, 10, "test")
     row = {line.split("|")[1].strip(): line for line in text.splitlines()[2:]}
-    assert "**win**" in row["warm"] and "+66.7%" in row["warm"]
-    assert "no clear difference" in row["cross_category"]
+    assert "**win**" in row["warm"] and "+0.0200 [+0.0100, +0.0300]" in row["warm"]
+    # marginal intervals [0.020, 0.045] and [0.021, 0.040] overlap; the paired one excludes 0
+    assert "**win**" in row["cross_category"]
     assert "**loss**" in row["cold_item"]
     assert "too few groups" in row["cold_user"]
-    assert "baselines only" in verdicts(METRICS[METRICS[C.SYSTEM] != "model"], C.NDCG, 10, "test")
+    assert "baselines only" in verdicts(rows[rows[C.SYSTEM] != "model"], C.NDCG, 10, "test")
+    assert "no paired difference recorded" in verdicts(METRICS, C.NDCG, 10, "test")
+    table = paired_table(rows, C.NDCG, 10, "test")
+    assert "| als | +0.0300 [+0.0200, +0.0400] **win** | - | - | - |" in table
+    assert "model - " not in summary_table(rows, C.NDCG, 10, "test")
 
 
 def test_coverage_table():

@@ -3,16 +3,20 @@
 - ``popularity_category``: items of the category by train positives (most popular first).
 - ``popularity_global``: one list over all items by train positives, ignoring the category;
   it shows what ignoring the category costs (items of other categories are never relevant).
-- ``als``: Spark ML ALS with ``implicitPrefs=True`` on the train positives; rank / regParam /
-  alpha chosen on the **valid** split (NDCG@k of all valid groups), never on test; items of the
-  category ranked by the dot product of the factors (full ranking within the category).
+- ``als``: Spark ML ALS with ``implicitPrefs=True`` on the train positives, tuned by a staged
+  search on the **valid** split (NDCG@k of all valid groups), never on test: stage 1 fits
+  ``eval.als_reg_params`` x ``eval.als_alphas`` at ``eval.als_base_rank``, stage 2 fits
+  ``eval.als_ranks`` at the best (reg, alpha) (a coordinate search: the full product grid of
+  rank x reg x alpha at maxIter >= 15 is hours on 2 cores); items of the category ranked by the
+  dot product of the factors (full ranking within the category).
+- ``ease``: EASE (Steck 2019) over the ``eval.ease_items`` most popular train items of all
+  categories, λ chosen on valid from ``eval.ease_lambdas`` (:mod:`xrec_spark.eval.ease`).
 
 All baselines are fitted on train positives only, like the model.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 from dataclasses import dataclass
 
@@ -22,13 +26,14 @@ from pyspark.sql import functions as F
 
 from xrec_spark.config import EvalConfig
 from xrec_spark.eval import columns as C
+from xrec_spark.eval import ease as E
 from xrec_spark.eval.metrics import group_metrics, ranked_lists, relevant_groups, require_columns
 from xrec_spark.eval.scoring import VECTOR, constant_user_vectors, rank_by_vectors
 
 log = logging.getLogger(__name__)
 
-POP_CATEGORY, POP_GLOBAL, ALS_NAME = "popularity_category", "popularity_global", "als"
-BASELINES: tuple[str, ...] = (POP_GLOBAL, POP_CATEGORY, ALS_NAME)
+POP_CATEGORY, POP_GLOBAL, ALS_NAME, EASE_NAME = "popularity_category", "popularity_global", "als", E.EASE_NAME
+BASELINES: tuple[str, ...] = (POP_GLOBAL, POP_CATEGORY, ALS_NAME, EASE_NAME)
 _GLOBAL = 0  # pseudo category holding every item for the global list
 
 
@@ -113,38 +118,107 @@ def als_rankings(factors: AlsFactors, pairs: DataFrame, item_features: DataFrame
     return rank_by_vectors(users, items, seen, k, system, block_size)
 
 
-def als_grid(cfg: EvalConfig) -> list[AlsParams]:
-    return [AlsParams(r, reg, a) for r, reg, a in
-            itertools.product(cfg.als_ranks, cfg.als_reg_params, cfg.als_alphas)]
+def valid_ndcg(rankings: DataFrame, groups: DataFrame, k: int) -> tuple[float, int]:
+    """(mean NDCG@k, group count) of ``rankings`` over the valid ``groups`` (slice ``all``)."""
+    row = (group_metrics(ranked_lists(rankings), groups, [k]).where(F.col(C.METRIC) == C.NDCG)
+           .agg(F.avg(C.VALUE).alias("v"), F.count("*").alias("n")).first())
+    return (float(row["v"]) if row and row["v"] is not None else 0.0), int(row["n"] if row else 0)
+
+
+def _valid_setup(interactions: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """(valid groups of slice ``all``, their (user, category) pairs, items seen before valid)."""
+    groups = relevant_groups(interactions, C.VALID).where(F.col(C.SLICE) == C.ALL)
+    return groups, groups.select(C.USER, C.CATEGORY), seen_before(interactions, C.VALID)
+
+
+def als_stages(cfg: EvalConfig, best: AlsParams | None = None) -> list[AlsParams]:
+    """Stage 1 (``best`` None): reg x alpha at ``als_base_rank``; stage 2: every rank at ``best``'s
+    reg and alpha."""
+    if best is None:
+        return [AlsParams(cfg.als_base_rank, reg, a) for reg in cfg.als_reg_params for a in cfg.als_alphas]
+    return [AlsParams(r, best.reg_param, best.alpha) for r in cfg.als_ranks]
 
 
 def tune_als(interactions: DataFrame, item_features: DataFrame, cfg: EvalConfig,
              block_size: int) -> tuple[AlsFactors, list[tuple[AlsParams, float, int]]]:
-    """Fit the ALS grid on train, pick the best NDCG@``cfg.tune_k`` on valid (all groups).
+    """Staged ALS search on train, each point scored by NDCG@``cfg.tune_k`` on valid (all groups).
 
-    Returns the chosen factors and (params, valid NDCG, valid groups) of every grid point.
-    Job-level: runs one ALS fit and one evaluation per grid point.
+    Returns the factors of the best point and (params, valid NDCG, valid groups) of every point
+    tried, in the order tried (a point repeated by stage 2 is not refitted).
+    Job-level: one ALS fit and one evaluation per point.
     """
     positives = train_positives(interactions).persist()
-    groups = relevant_groups(interactions, C.VALID).where(F.col(C.SLICE) == C.ALL)
-    pairs = groups.select(C.USER, C.CATEGORY)
-    seen = seen_before(interactions, C.VALID)
+    groups, pairs, seen = _valid_setup(interactions)
     results: list[tuple[AlsParams, float, int]] = []
     best: AlsFactors | None = None
     best_score = float("-inf")
+    clock = E.Stopwatch()
     try:
-        for params in als_grid(cfg):
-            factors = fit_als(positives, params, cfg.als_max_iter, cfg.seed)
-            lists = ranked_lists(als_rankings(factors, pairs, item_features, seen, cfg.tune_k, block_size))
-            row = (group_metrics(lists, groups, [cfg.tune_k]).where(F.col(C.METRIC) == C.NDCG)
-                   .agg(F.avg(C.VALUE).alias("v"), F.count("*").alias("n")).first())
-            score = float(row["v"]) if row and row["v"] is not None else 0.0
-            log.info("ALS %s: valid NDCG@%d = %.5f over %d groups", params, cfg.tune_k, score, row["n"])
-            results.append((params, score, int(row["n"])))
-            if score > best_score:
-                best, best_score = factors, score
+        for stage in (1, 2):
+            tried = {p for p, _, _ in results}
+            for params in als_stages(cfg, best.params if stage == 2 and best else None):
+                if params in tried:
+                    continue
+                factors = fit_als(positives, params, cfg.als_max_iter, cfg.seed)
+                lists = als_rankings(factors, pairs, item_features, seen, cfg.tune_k, block_size)
+                score, n = valid_ndcg(lists, groups, cfg.tune_k)
+                log.info("ALS stage %d %s: valid NDCG@%d = %.5f over %d groups (%.0f s so far)",
+                         stage, params, cfg.tune_k, score, n, clock())
+                results.append((params, score, n))
+                if score > best_score:
+                    best, best_score = factors, score
     finally:
         positives.unpersist()
     if best is None:
-        raise ValueError("eval.als_ranks / als_reg_params / als_alphas: the ALS grid is empty")
+        raise ValueError("eval.als_reg_params / als_alphas: the ALS search is empty")
+    log.info("ALS search: %d points in %.0f s, chosen %s (valid NDCG@%d %.5f)",
+             len(results), clock(), best.params, cfg.tune_k, best_score)
     return best, results
+
+
+@dataclass(frozen=True)
+class EaseFit:
+    """The chosen EASE model: its data, weights B, λ, and every λ tried (λ, valid NDCG, groups)."""
+
+    data: E.EaseData
+    weights: object   # numpy float32 [N, N]
+    lam: float
+    grid: list[tuple[float, float, int]]
+    seconds: float
+    peak_rss_gib: float
+
+
+def tune_ease(interactions: DataFrame, item_features: DataFrame, cfg: EvalConfig) -> EaseFit:
+    """Fit EASE on train positives for every ``cfg.ease_lambdas``; keep the best valid NDCG@tune_k."""
+    clock = E.Stopwatch()
+    spark = interactions.sparkSession
+    data = E.collect_ease_data(train_positives(interactions), item_features, cfg.ease_items)
+    log.info("EASE: %d items, %d users with positives among them, Gram matrix in %.1f s",
+             len(data.items), len(data.user_rows), clock())
+    groups, pairs, seen = _valid_setup(interactions)
+    local_pairs = pairs.distinct().toPandas()
+    seen_users = E.seen_by_user(seen, pairs)
+    grid: list[tuple[float, float, int]] = []
+    best, best_lam, best_score = None, None, float("-inf")
+    for lam in cfg.ease_lambdas:
+        weights = E.ease_weights(data.gram, lam)
+        lists = E.rank_pairs(data, weights, local_pairs, seen_users, cfg.tune_k)
+        frame = spark.createDataFrame(lists[E.RANKINGS_SCHEMA.names], E.RANKINGS_SCHEMA)
+        score, n = valid_ndcg(frame.withColumn(C.SYSTEM, F.lit(EASE_NAME)), groups, cfg.tune_k)
+        log.info("EASE lambda=%g: valid NDCG@%d = %.5f over %d groups (%.0f s so far, peak RSS %.1f GiB)",
+                 lam, cfg.tune_k, score, n, clock(), E.peak_rss_gib())
+        grid.append((float(lam), score, n))
+        if score > best_score:
+            best, best_lam, best_score = weights, float(lam), score
+        del weights
+    if best is None:
+        raise ValueError("eval.ease_lambdas is empty")
+    fit = EaseFit(data, best, best_lam, grid, clock(), E.peak_rss_gib())
+    log.info("EASE: chose lambda=%g (valid NDCG@%d %.5f); %d lambdas in %.0f s, peak RSS %.1f GiB",
+             best_lam, cfg.tune_k, best_score, len(grid), fit.seconds, fit.peak_rss_gib)
+    return fit
+
+
+def ease_rankings(fit: EaseFit, pairs: DataFrame, seen: DataFrame, k: int) -> DataFrame:
+    """Rankings of the chosen EASE model for ``pairs`` (see :func:`xrec_spark.eval.ease.rank_pairs`)."""
+    return E.ease_rankings(pairs.sparkSession, fit.data, fit.weights, pairs, seen, k)

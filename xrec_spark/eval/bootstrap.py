@@ -12,17 +12,29 @@ summarised with numpy. The bootstrap is **stratified by category** and **paired 
   means) are computed from the category-level resamples, each category keeping its size.
 
 The interval is the 2.5th and 97.5th percentile of the resampled means (percentile method).
+
+**Paired differences** (``paired_with``): for a reference system R (the model) and every other
+system S, the per-group difference R − S is one more column of the same matrix, so it is
+resampled with the *same* multinomial draws as R and S themselves; its rows carry system
+``"R - S"`` (:func:`difference_system`). Because the groups are paired, the between-group
+variance that widens each marginal interval cancels in the difference: two marginal intervals
+can overlap while the difference's interval excludes 0. A verdict (:func:`verdict`) is a win or a
+loss only when the difference's interval excludes 0.
 """
 
 from __future__ import annotations
 
 import zlib
+from typing import Sequence
+
 import numpy as np
 import pandas as pd
 
 from xrec_spark.eval import columns as C
 
 ALPHA = 0.05
+DIFF_SEP = " - "  # system name of a paired difference: "<reference> - <other>"
+WIN, LOSS, NO_DIFFERENCE = "win", "loss", "no clear difference"
 _CHUNK = 200  # resamples per matrix product: bounds memory to _CHUNK x groups weights
 
 
@@ -50,12 +62,62 @@ def _interval(boot: np.ndarray | None, m: int) -> tuple[np.ndarray, np.ndarray]:
     return low, high
 
 
-def summarize(group_values: pd.DataFrame, samples: int, seed: int) -> pd.DataFrame:
+def difference_system(reference: str, other: str) -> str:
+    """System name of the paired difference ``reference − other`` in summaries and gold.metrics."""
+    return f"{reference}{DIFF_SEP}{other}"
+
+
+def is_difference(system: str) -> bool:
+    return DIFF_SEP in system
+
+
+def split_difference(system: str) -> tuple[str, str]:
+    """(reference, other) of a :func:`difference_system` name."""
+    reference, _, other = system.partition(DIFF_SEP)
+    return reference, other
+
+
+def verdict(ci_low: float, ci_high: float) -> str | None:
+    """``win`` / ``loss`` when the paired difference's 95% interval excludes 0 (above / below),
+    ``no clear difference`` when it contains 0, None when there is no interval."""
+    if not (np.isfinite(ci_low) and np.isfinite(ci_high)):
+        return None
+    if ci_low > 0:
+        return WIN
+    if ci_high < 0:
+        return LOSS
+    return NO_DIFFERENCE
+
+
+def _with_differences(wide: pd.DataFrame, references: Sequence[str]) -> pd.DataFrame:
+    """``wide`` plus a column (``R - S``, metric, k) = R − S per group for each reference R."""
+    systems = list(dict.fromkeys(wide.columns.get_level_values(0)))
+    extra = {}
+    for ref in references:
+        if ref not in systems:
+            continue
+        for other in systems:
+            if other == ref:
+                continue
+            for _, metric, k in [c for c in wide.columns if c[0] == other]:
+                if (ref, metric, k) in wide.columns:
+                    extra[(difference_system(ref, other), metric, k)] = wide[(ref, metric, k)] - wide[(other, metric, k)]
+    if not extra:
+        return wide
+    diffs = pd.DataFrame(extra, index=wide.index)
+    diffs.columns = pd.MultiIndex.from_tuples(diffs.columns, names=wide.columns.names)
+    return pd.concat([wide, diffs], axis=1)
+
+
+def summarize(group_values: pd.DataFrame, samples: int, seed: int,
+              paired_with: Sequence[str] = ()) -> pd.DataFrame:
     """Aggregate per-group values into per-category, micro (``all``) and ``macro`` rows.
 
     In: columns system, user_idx, category_idx, slice, metric, k, value; one row per
     (system, group, metric, k). Every system must cover the same groups (``group_metrics`` does).
     NaN values (undefined metrics) are not expected; rows with NaN are dropped first.
+    ``paired_with``: reference systems R; for each other system S the paired difference R − S is
+    summarised too, as system ``"R - S"`` (same resamples as R and S).
     Out: system, category (category_idx as text, ``all`` or ``macro``), slice, metric, k, value,
     groups, ci_low, ci_high.
     """
@@ -73,6 +135,7 @@ def summarize(group_values: pd.DataFrame, samples: int, seed: int) -> pd.DataFra
         if wide.isna().any().any():
             raise ValueError(f"slice {slice_name!r}: systems do not cover the same groups; "
                              "build per-group values with group_metrics (it scores every system on every group)")
+        wide = _with_differences(wide, paired_with)
         columns = wide.columns
         cat_means, cat_sizes, cat_boots = [], [], []
         for category, block in wide.groupby(level=0, sort=True):
@@ -112,8 +175,3 @@ def _rows(columns: pd.MultiIndex, category: str, slice_name: str, mean: np.ndarr
         C.CI_LOW: low,
         C.CI_HIGH: high,
     })
-
-
-def is_win(a_low: float, b_high: float) -> bool:
-    """A beats B only when A's interval lies entirely above B's (conservative: no overlap)."""
-    return bool(np.isfinite(a_low) and np.isfinite(b_high) and a_low > b_high)

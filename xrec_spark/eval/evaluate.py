@@ -28,7 +28,7 @@ from xrec_spark.batch.lineage import model_run, record_job, sql_string, utc_now
 from xrec_spark.config import JobConfig
 from xrec_spark.eval import baselines as B
 from xrec_spark.eval import columns as C
-from xrec_spark.eval.bootstrap import summarize
+from xrec_spark.eval.bootstrap import is_difference, summarize
 from xrec_spark.eval.metrics import coverage_and_popularity, group_metrics, ranked_lists, relevant_groups
 from xrec_spark.eval.model_rankings import model_rankings
 from xrec_spark.tables import (
@@ -55,7 +55,8 @@ class EvalResult:
     systems: list[str]
     model_versions: dict[str, str]
     rows: pd.DataFrame
-    als_grid: list[dict[str, float]] = field(default_factory=list)
+    # Every baseline point tried on valid (system "als[...]" / "ease[...]", valid_ndcg, params).
+    als_grid: list[dict[str, Any]] = field(default_factory=list)
     input_versions: dict[str, int] = field(default_factory=dict)
     output_versions: dict[str, int] = field(default_factory=dict)
 
@@ -93,7 +94,9 @@ def eval_id_for(cfg: JobConfig, systems: list[str], model_versions: dict[str, st
 
 
 def _baseline_rankings(name: str, interactions: DataFrame, features: DataFrame, pairs: DataFrame,
-                       seen: DataFrame, cfg: JobConfig, k: int) -> tuple[DataFrame, list[dict[str, float]]]:
+                       seen: DataFrame, cfg: JobConfig, k: int) -> tuple[DataFrame, list[dict[str, Any]]]:
+    """A baseline's rankings of ``pairs`` and, for a tuned one, every point it tried on valid
+    (``system`` = ``name[param=value,...]``, ``valid_ndcg``, ``groups``, the params)."""
     block = cfg.eval.block_size
     if name == B.POP_CATEGORY:
         return B.popularity_category(pairs, features, seen, k, block), []
@@ -101,9 +104,17 @@ def _baseline_rankings(name: str, interactions: DataFrame, features: DataFrame, 
         return B.popularity_global(pairs, features, seen, k, block), []
     if name == B.ALS_NAME:
         factors, grid = B.tune_als(interactions, features, cfg.eval, block)
-        table = [{"rank": p.rank, "reg_param": p.reg_param, "alpha": p.alpha, "valid_ndcg": s, "groups": n}
-                 for p, s, n in grid]
+        table = [{"system": f"als[rank={p.rank},reg={p.reg_param},alpha={p.alpha}]", "rank": p.rank,
+                  "reg_param": p.reg_param, "alpha": p.alpha, "max_iter": cfg.eval.als_max_iter,
+                  "valid_ndcg": s, "groups": n} for p, s, n in grid]
         return B.als_rankings(factors, pairs, features, seen, k, block), table
+    if name == B.EASE_NAME:
+        fit = B.tune_ease(interactions, features, cfg.eval)
+        table = [{"system": f"ease[lambda={lam},items={len(fit.data.items)}]", "lambda": lam,
+                  "items": len(fit.data.items), "valid_ndcg": s, "groups": n,
+                  "seconds": round(fit.seconds, 1), "peak_rss_gib": round(fit.peak_rss_gib, 2)}
+                 for lam, s, n in fit.grid]
+        return B.ease_rankings(fit, pairs, seen, k), table
     raise ValueError(f"eval.baselines: {name!r} has no ranking function here")
 
 
@@ -151,7 +162,7 @@ def evaluate(lake: Lakehouse, cfg: JobConfig) -> EvalResult:
     seen = B.seen_before(interactions, ev.split)
 
     parts: list[DataFrame] = []
-    als_grid: list[dict[str, float]] = []
+    als_grid: list[dict[str, Any]] = []
     handles = []
     for name in ev.baselines:
         if name in TRAINED_BASELINES:
@@ -186,7 +197,8 @@ def evaluate(lake: Lakehouse, cfg: JobConfig) -> EvalResult:
             raise ValueError(f"silver.interactions has no {ev.split} positives: nothing to evaluate "
                              "(check features.split fractions/dates)")
         log.info("per-group metrics: %d rows in %.1f s", len(per_group), time.perf_counter() - tick)
-        summary = summarize(per_group, ev.bootstrap_samples, ev.seed)
+        references = [MODEL] if MODEL in set(per_group[C.SYSTEM]) else []
+        summary = summarize(per_group, ev.bootstrap_samples, ev.seed, paired_with=references)
         log.info("bootstrap (%d samples) done at %.1f s", ev.bootstrap_samples, time.perf_counter() - tick)
         coverage = coverage_and_popularity(rankings, pairs, features, ev.ks).toPandas()
         log.info("coverage done at %.1f s", time.perf_counter() - tick)
@@ -195,7 +207,7 @@ def evaluate(lake: Lakehouse, cfg: JobConfig) -> EvalResult:
             handle.release()
         rankings.unpersist()
         groups.unpersist()
-    systems = sorted(summary[C.SYSTEM].unique())
+    systems = sorted(s for s in summary[C.SYSTEM].unique() if not is_difference(s))
     eval_id = eval_id_for(cfg, systems, model_versions, inputs)
     rows = _metric_rows(summary, coverage, names).assign(**{METRICS_SPLIT: ev.split})
     if als_grid:
@@ -208,10 +220,11 @@ def evaluate(lake: Lakehouse, cfg: JobConfig) -> EvalResult:
     return EvalResult(eval_id, ev.split, systems, model_versions, rows, als_grid, inputs, outputs)
 
 
-def _grid_rows(grid: list[dict[str, float]], k: int) -> pd.DataFrame:
-    """ALS tuning results as valid-split rows (system ``als[rank=..,reg=..,alpha=..]``)."""
+def _grid_rows(grid: list[dict[str, Any]], k: int) -> pd.DataFrame:
+    """Baseline tuning results as valid-split rows (system ``als[rank=..,reg=..,alpha=..]``,
+    ``ease[lambda=..,items=..]``)."""
     return pd.DataFrame([{
-        C.SYSTEM: f"als[rank={g['rank']},reg={g['reg_param']},alpha={g['alpha']}]", METRICS_SPLIT: C.VALID,
+        C.SYSTEM: g["system"], METRICS_SPLIT: C.VALID,
         C.CATEGORY_NAME: C.ALL, C.SLICE: C.ALL, C.METRIC: C.NDCG, C.K: k, C.VALUE: g["valid_ndcg"],
         C.GROUPS: int(g["groups"]), C.CI_LOW: float("nan"), C.CI_HIGH: float("nan")} for g in grid],
         columns=[C.SYSTEM, METRICS_SPLIT, C.CATEGORY_NAME, C.SLICE, C.METRIC, C.K, C.VALUE, C.GROUPS,

@@ -2,7 +2,8 @@
 
 ``report/index.md`` states the data (tables and versions, split dates, sizes), the seeds and
 the model version; a summary table of model vs baselines per slice (value, 95% interval, group
-count) with a verdict that calls a difference a win only when the intervals do not overlap;
+count); the paired difference model − baseline per slice with its 95% bootstrap interval and a
+verdict that calls it a win / loss only when that interval excludes 0;
 coverage and popularity bias; per-category NDCG@10 bars; the category-transfer heatmap; and
 the training curve (from the run's result file or its MLflow run, when either exists).
 """
@@ -22,7 +23,7 @@ from xrec_spark.batch.lineage import NoModelError, model_run
 from xrec_spark.config import JobConfig
 from xrec_spark.eval import columns as C
 from xrec_spark.eval import plots
-from xrec_spark.eval.bootstrap import is_win
+from xrec_spark.eval.bootstrap import difference_system, is_difference, verdict
 from xrec_spark.tables import CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, JOB_LOG, METRICS, Lakehouse
 from xrec_spark.tables import RUNS as RUNS_TABLE
 
@@ -62,14 +63,27 @@ def _cell(r: pd.Series) -> str:
     return f"{r[C.VALUE]:.4f} [{r[C.CI_LOW]:.4f}, {r[C.CI_HIGH]:.4f}] (n={int(r[C.GROUPS])})"
 
 
+def is_tuning_row(system: str) -> bool:
+    """A baseline's valid-split tuning point (``als[...]``, ``ease[...]``), not a ranked system."""
+    return "[" in system
+
+
+def _ranked_systems(systems) -> list[str]:
+    return sorted({s for s in systems if not is_difference(s) and not is_tuning_row(s)},
+                  key=lambda s: (s not in MODEL_SYSTEMS, s))
+
+
+def _select(metrics: pd.DataFrame, metric: str, k: int, split: str, category: str = C.ALL) -> pd.DataFrame:
+    return metrics[(metrics[C.METRIC] == metric) & (metrics[C.K] == k) & (metrics[C.CATEGORY_NAME] == category)
+                   & (metrics["split"] == split)]
+
+
 def summary_table(metrics: pd.DataFrame, metric: str, k: int, split: str, category: str = C.ALL) -> str:
     """Markdown: systems x slices of ``metric@k`` for ``category`` (``all`` = micro, ``macro``)."""
-    sel = metrics[(metrics[C.METRIC] == metric) & (metrics[C.K] == k) & (metrics[C.CATEGORY_NAME] == category)
-                  & (metrics["split"] == split)]
+    sel = _select(metrics, metric, k, split, category)
     slices = [s for s in SLICE_ORDER if s in set(sel[C.SLICE])]
-    systems = sorted(set(sel[C.SYSTEM]), key=lambda s: (s not in MODEL_SYSTEMS, s))
     lines = ["| system | " + " | ".join(slices) + " |", "|---|" + "---|" * len(slices)]
-    for system in systems:
+    for system in _ranked_systems(sel[C.SYSTEM]):
         cells = []
         for s in slices:
             row = sel[(sel[C.SYSTEM] == system) & (sel[C.SLICE] == s)]
@@ -78,38 +92,65 @@ def summary_table(metrics: pd.DataFrame, metric: str, k: int, split: str, catego
     return "\n".join(lines)
 
 
+def difference_cell(diff: float, low: float, high: float, groups: int) -> str:
+    """``+0.0012 [-0.0003, +0.0025] no clear difference`` (verdict in bold when win / loss)."""
+    if groups < MIN_GROUPS_FOR_VERDICT:
+        said = f"too few groups (< {MIN_GROUPS_FOR_VERDICT})"
+    else:
+        said = verdict(low, high) or "no interval"
+        said = f"**{said}**" if said in ("win", "loss") else said
+    if pd.isna(low):
+        return f"{diff:+.4f} {said}"
+    return f"{diff:+.4f} [{low:+.4f}, {high:+.4f}] {said}"
+
+
+def paired_table(metrics: pd.DataFrame, metric: str, k: int, split: str, model: str = "model") -> str:
+    """Markdown: baselines x slices of the paired difference ``model − baseline`` of ``metric@k``,
+    its 95% interval and verdict (win / loss when the interval excludes 0)."""
+    sel = _select(metrics, metric, k, split)
+    slices = [s for s in SLICE_ORDER if s in set(sel[C.SLICE])]
+    others = [s for s in _ranked_systems(sel[C.SYSTEM]) if s != model
+              and difference_system(model, s) in set(sel[C.SYSTEM])]
+    if not others:
+        return "_No paired differences in this evaluation (no model, or no baseline)._"
+    lines = [f"| {model} − baseline | " + " | ".join(slices) + " |", "|---|" + "---|" * len(slices)]
+    for other in others:
+        cells = []
+        for s in slices:
+            row = sel[(sel[C.SYSTEM] == difference_system(model, other)) & (sel[C.SLICE] == s)]
+            r = row.iloc[0] if len(row) else None
+            cells.append("-" if r is None else difference_cell(r[C.VALUE], r[C.CI_LOW], r[C.CI_HIGH], int(r[C.GROUPS])))
+        lines.append(f"| {other} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def verdicts(metrics: pd.DataFrame, metric: str, k: int, split: str, model: str = "model") -> str:
-    """Markdown: per slice, the model against the best baseline (by point value)."""
-    sel = metrics[(metrics[C.METRIC] == metric) & (metrics[C.K] == k) & (metrics[C.CATEGORY_NAME] == C.ALL)
-                  & (metrics["split"] == split)]
+    """Markdown: per slice, the model against the best baseline (by point value), judged by the
+    paired difference's 95% bootstrap interval."""
+    sel = _select(metrics, metric, k, split)
     if model not in set(sel[C.SYSTEM]):
         return "_No model rankings in this evaluation: baselines only._"
-    lines = ["| slice | model | best baseline | relative difference | verdict (95% intervals) |",
-             "|---|---|---|---|---|"]
+    lines = [f"| slice | model | best baseline | {model} − best [95% CI] and verdict |", "|---|---|---|---|"]
     for s in [x for x in SLICE_ORDER if x in set(sel[C.SLICE])]:
         part = sel[sel[C.SLICE] == s]
         mine = part[part[C.SYSTEM] == model].iloc[0]
-        others = part[part[C.SYSTEM] != model]
+        others = part[part[C.SYSTEM].isin([x for x in _ranked_systems(part[C.SYSTEM]) if x != model])]
         if others.empty:
             continue
-        best = others.sort_values(C.VALUE, ascending=False).iloc[0]
-        rel = f"{(mine[C.VALUE] / best[C.VALUE] - 1) * 100:+.1f}%" if best[C.VALUE] > 0 else "n/a (baseline 0)"
-        if int(mine[C.GROUPS]) < MIN_GROUPS_FOR_VERDICT:
-            verdict = f"too few groups (< {MIN_GROUPS_FOR_VERDICT}) for a verdict"
-        elif is_win(mine[C.CI_LOW], best[C.CI_HIGH]):
-            verdict = "**win** (intervals apart)"
-        elif is_win(best[C.CI_LOW], mine[C.CI_HIGH]):
-            verdict = "**loss** (intervals apart)"
+        best = others.sort_values([C.VALUE, C.SYSTEM], ascending=[False, True]).iloc[0]
+        diff = part[part[C.SYSTEM] == difference_system(model, best[C.SYSTEM])]
+        if diff.empty:
+            cell = "no paired difference recorded (re-run `xrec evaluate`)"
         else:
-            verdict = "no clear difference (intervals overlap)"
-        lines.append(f"| {s} | {mine[C.VALUE]:.4f} | {best[C.SYSTEM]} {best[C.VALUE]:.4f} | "
-                     f"{rel} | {verdict} |")
+            d = diff.iloc[0]
+            cell = difference_cell(d[C.VALUE], d[C.CI_LOW], d[C.CI_HIGH], int(d[C.GROUPS]))
+        lines.append(f"| {s} | {mine[C.VALUE]:.4f} | {best[C.SYSTEM]} {best[C.VALUE]:.4f} | {cell} |")
     return "\n".join(lines)
 
 
 def coverage_table(metrics: pd.DataFrame, k: int) -> str:
     sel = metrics[(metrics[C.CATEGORY_NAME] == C.ALL) & (metrics[C.K] == k)
-                  & metrics[C.METRIC].isin([C.COVERAGE, C.POPULARITY_BIAS])]
+                  & metrics[C.METRIC].isin([C.COVERAGE, C.POPULARITY_BIAS]) & ~metrics[C.SYSTEM].map(is_difference)]
     wide = sel.pivot_table(index=C.SYSTEM, columns=C.METRIC, values=C.VALUE, aggfunc="first")
     ref = metrics[(metrics[C.METRIC] == C.CATALOGUE_POPULARITY) & (metrics[C.CATEGORY_NAME] == C.ALL)]
     lines = [f"| system | item coverage@{k} | mean log(1+train count) of top-{k} |", "|---|---|---|"]
@@ -218,8 +259,8 @@ def build_report(lake: Lakehouse, cfg: JobConfig) -> ReportResult:
     out = Path(cfg.eval.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     versions = dict(metrics["input_versions"].iloc[0] or {})
-    # The evaluated split; ALS tuning rows (system "als[...]") are always on valid.
-    split = str(metrics.loc[~metrics[C.SYSTEM].str.startswith("als["), "split"].iloc[0])
+    # The evaluated split; baseline tuning rows (system "als[...]", "ease[...]") are always on valid.
+    split = str(metrics.loc[~metrics[C.SYSTEM].map(is_tuning_row), "split"].iloc[0])
     models = metrics.dropna(subset=["model_version"]).groupby(C.SYSTEM)["model_version"].first().to_dict()
     params, run_config = _run_facts(lake, models.get("model"))
     names = {int(r["category_idx"]): r["category"] for r in
@@ -228,8 +269,7 @@ def build_report(lake: Lakehouse, cfg: JobConfig) -> ReportResult:
     cutoffs = split_cutoffs(lake, versions)
     k = 10 if (metrics[C.K] == 10).any() else int(metrics[C.K].dropna().min())
     figures: list[Path] = []
-    systems = sorted(set(metrics.loc[metrics[C.METRIC] == C.NDCG, C.SYSTEM])
-                     - {s for s in metrics[C.SYSTEM] if s.startswith("als[")}, key=lambda s: (s != "model", s))
+    systems = _ranked_systems(metrics.loc[metrics[C.METRIC] == C.NDCG, C.SYSTEM])
     per_cat = metrics[(metrics[C.METRIC] == C.NDCG) & (metrics[C.K] == k) & (metrics["split"] == split)
                       & ~metrics[C.CATEGORY_NAME].isin([C.ALL, C.MACRO])]
     bar_notes: list[str] = []
@@ -282,9 +322,10 @@ def _markdown(eval_id: str, split: str, k: int, metrics: pd.DataFrame, facts: pd
         f"{when(r['first'])} | {when(r['last'])} |" for s, r in facts.iterrows())
     split_line = (f"Split (whole UTC days): train < {cutoffs[0]} <= valid < {cutoffs[1]} <= test."
                   if cutoffs else "Split cutoffs: not recorded (see the first/last columns).")
-    grid = metrics[metrics[C.SYSTEM].str.startswith("als[")]
-    grid_text = "\n".join(f"- {r[C.SYSTEM]}: valid NDCG@{int(r[C.K])} = {r[C.VALUE]:.4f}"
-                          for _, r in grid.sort_values(C.VALUE, ascending=False).iterrows()) or "- (ALS not run)"
+    grid = metrics[metrics[C.SYSTEM].map(is_tuning_row)]
+    points = sorted(grid.itertuples(index=False), key=lambda r: (getattr(r, C.SYSTEM).split("[")[0], -getattr(r, C.VALUE)))
+    grid_text = "\n".join(f"- {getattr(r, C.SYSTEM)}: valid NDCG@{int(getattr(r, C.K))} = {getattr(r, C.VALUE):.4f}"
+                          for r in points) or "- (no tuned baseline run)"
     bars = "\n\n".join([*(bar_notes or []), *(f"![{p.stem}]({p.name})" for p in figures
                                                   if p.name.startswith("ndcg"))])
     model_lines = "\n".join(f"- {s}: model_version `{v}`" for s, v in models.items()) or "- none (baselines only)"
@@ -294,7 +335,8 @@ eval_id `{eval_id}`, split **{split}**. Full ranking over all items of the targe
 (items the user interacted with before the {split} period excluded; ties broken by lower item
 index); a group is a (user, category, slice) with its held-out positives, slice `all` is the
 (user, category) with all of them. Intervals: 95% bootstrap (stratified by category, paired
-across systems). A difference is called a win only when the two intervals do not overlap.
+across systems). Model vs baseline is judged by the paired difference per group: a win or a loss
+only when the 95% bootstrap interval of the difference excludes 0.
 
 ## Data
 
@@ -327,9 +369,13 @@ for every category.
 
 {summary_table(metrics, C.RECALL, k, split)}
 
-## Model vs best baseline (NDCG@{k})
+## Model vs best baseline (NDCG@{k}, paired difference)
 
 {verdicts(metrics, C.NDCG, k, split)}
+
+## Model − each baseline (NDCG@{k}, paired difference [95% CI], verdict)
+
+{paired_table(metrics, C.NDCG, k, split)}
 
 ## Macro average over categories (NDCG@{k})
 
@@ -351,7 +397,7 @@ for every category.
 
 {curve_note}
 
-## ALS tuning (valid split)
+## Baseline tuning (valid split; the best point of each baseline is the one evaluated)
 
 {grid_text}
 """
