@@ -17,7 +17,7 @@ def test_shipped_configs_validate(path):
     [
         (["train.batchsize=3"], r"train\.batchsize: unknown key \(allowed: .*batch_size"),
         (["train.batch_size=abc"], r"train\.batch_size: .*valid integer.*'abc'"),
-        (["model.loss=hinge"], r"model\.loss: .*'bce' or 'sampled_softmax'.*'hinge'"),
+        (["model.loss=hinge"], r"model\.loss: .*'bce', 'sampled_softmax' or 'softmax'.*'hinge'"),
         (["nosuch.key=1"], r"nosuch: unknown key"),
         (["features.split.valid_fraction=0.6", "features.split.test_fraction=0.5"], r"must be < 1"),
         (["train.batch_size"], r"expected section\.key=value"),

@@ -186,6 +186,10 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         pos, prog, state = self._restore()
+        if self.validation is not None and pos.global_step == 0 and not prog.history:
+            # What training starts from (per-category popularity when the model has item biases).
+            metric, groups = validation_ndcg(self.model, self.validation, self.tc.eval_k, self.device)
+            log.info("before training: valid %s %.4f over %d groups", self.metric_name, metric, groups)
         with open_loader(self.tc.loader.value, self.spec.inputs[TRAINING_EXAMPLES].files, self.info.rank,
                          self.info.world_size, self.tc.seed) as loader:
             for p, phase in enumerate(self.tc.phases):
