@@ -97,3 +97,8 @@ def test_tune_ease_tries_every_lambda_and_keeps_the_best_on_valid(spark):
     assert all(n == 2 for _, _, n in fit.grid)
     assert fit.lam == max(fit.grid, key=lambda g: g[1])[0]
     assert fit.weights.shape == (4, 4) and fit.seconds > 0 and fit.peak_rss_gib > 0
+    # The driver-side NDCG used for the choice equals the Spark metrics on the same rankings.
+    from xrec_spark.eval.baselines import _valid_setup, valid_ndcg
+    groups, pairs, seen = _valid_setup(inter)
+    spark_ndcg, n = valid_ndcg(ease_rankings(fit, pairs, seen, 3), groups, 3)
+    assert n == 2 and spark_ndcg == pytest.approx(dict((g[0], g[1]) for g in fit.grid)[fit.lam])

@@ -452,7 +452,7 @@ class EvalConfig(_Section):
     # EASE (closed-form item-item) over the ease_items most popular train items of all
     # categories; lambda (L2) chosen on valid from ease_lambdas. Driver memory ~ 4 x N^2 floats.
     ease_items: int = Field(10_000, ge=1)
-    ease_lambdas: list[float] = Field(default_factory=lambda: [1.0, 5.0, 20.0, 100.0, 500.0, 2000.0])
+    ease_lambdas: list[float] = Field(default_factory=lambda: [10.0, 50.0, 200.0, 1000.0, 5000.0])
     tune_k: int = Field(10, ge=1)
     # Users scored per matrix product in full ranking (memory: block x items of a category).
     block_size: int = Field(1024, ge=1)

@@ -191,20 +191,21 @@ class EaseFit:
 def tune_ease(interactions: DataFrame, item_features: DataFrame, cfg: EvalConfig) -> EaseFit:
     """Fit EASE on train positives for every ``cfg.ease_lambdas``; keep the best valid NDCG@tune_k."""
     clock = E.Stopwatch()
-    spark = interactions.sparkSession
     data = E.collect_ease_data(train_positives(interactions), item_features, cfg.ease_items)
     log.info("EASE: %d items, %d users with positives among them, Gram matrix in %.1f s",
              len(data.items), len(data.user_rows), clock())
     groups, pairs, seen = _valid_setup(interactions)
-    local_pairs = pairs.distinct().toPandas()
+    # Valid groups are collected once and scored with the numpy reference NDCG (the Spark
+    # metrics are tested equal to it): no Spark job per lambda.
+    local_groups = groups.select(C.USER, C.CATEGORY, C.RELEVANT).toPandas()
+    local_pairs = local_groups[[C.USER, C.CATEGORY]].drop_duplicates()
     seen_users = E.seen_by_user(seen, pairs)
     grid: list[tuple[float, float, int]] = []
     best, best_lam, best_score = None, None, float("-inf")
     for lam in cfg.ease_lambdas:
         weights = E.ease_weights(data.gram, lam)
         lists = E.rank_pairs(data, weights, local_pairs, seen_users, cfg.tune_k)
-        frame = spark.createDataFrame(lists[E.RANKINGS_SCHEMA.names], E.RANKINGS_SCHEMA)
-        score, n = valid_ndcg(frame.withColumn(C.SYSTEM, F.lit(EASE_NAME)), groups, cfg.tune_k)
+        score, n = E.mean_ndcg(lists, local_groups, cfg.tune_k)
         log.info("EASE lambda=%g: valid NDCG@%d = %.5f over %d groups (%.0f s so far, peak RSS %.1f GiB)",
                  lam, cfg.tune_k, score, n, clock(), E.peak_rss_gib())
         grid.append((float(lam), score, n))

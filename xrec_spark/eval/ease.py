@@ -34,7 +34,7 @@ from pyspark.sql import functions as F
 
 from xrec_spark.eval import columns as C
 from xrec_spark.eval.metrics import require_columns
-from xrec_spark.eval.ranking import top_k
+from xrec_spark.eval.ranking import ndcg_at_k, top_k
 from xrec_spark.eval.scoring import RANKINGS_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,23 @@ def _block_lists(users: list[int], cat: int, scores: np.ndarray, info: _Category
     return pd.DataFrame({C.USER: np.array(rows_u, dtype=np.int32), C.CATEGORY: np.full(len(rows_u), cat, np.int32),
                          C.RANK: np.array(rows_r, dtype=np.int32), C.ITEM: np.array(rows_i, dtype=np.int32),
                          C.SCORE: np.array(rows_s, dtype=np.float64)})
+
+
+def mean_ndcg(lists: pd.DataFrame, groups: pd.DataFrame, k: int) -> tuple[float, int]:
+    """(mean NDCG@k, groups) of rankings ``lists`` over ``groups`` (user_idx, category_idx,
+    relevant); a group without a list scores 0, as in :func:`xrec_spark.eval.metrics.group_metrics`."""
+    if groups.empty:
+        return 0.0, 0
+    top = lists[lists[C.RANK] <= k].sort_values([C.USER, C.CATEGORY, C.RANK])
+    by_pair = {key: g[C.ITEM].to_numpy(dtype=np.int64) for key, g in top.groupby([C.USER, C.CATEGORY])}
+    ranked = np.zeros((len(groups), k), dtype=np.int64)
+    for r, (u, c) in enumerate(zip(groups[C.USER], groups[C.CATEGORY])):
+        items = by_pair.get((u, c))
+        if items is not None:
+            ranked[r, :len(items)] = items
+    values = ndcg_at_k(ranked, [np.asarray(x, dtype=np.int64) for x in groups[C.RELEVANT]], k)
+    defined = ~np.isnan(values)
+    return (float(values[defined].mean()) if defined.any() else 0.0), int(defined.sum())
 
 
 def seen_by_user(seen: DataFrame, users: DataFrame) -> dict[int, set[int]]:
