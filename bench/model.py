@@ -11,6 +11,15 @@ item id embedding of the same size, trained with the same BCE loss. Prints the c
 samples/s for forward+backward (and with an Adam step), and the ratio. Model and baseline
 steps alternate on the same batches and medians are reported, so the ratio holds up on a
 machine shared with other work (the absolute figures do not: the load average is printed).
+
+Catalogue scaling (``--scale-items 100000,1000000``): the model's full training step (forward,
+backward, the trainer's optimizers) at each catalogue size in one run, sizes alternating on
+batches of the same shape, and the ratio of samples/s at the largest size to the smallest.
+With ``model.sparse_embeddings=true`` the id tables get sparse gradients and SparseAdam, so
+the step should cost what the batch touches, not what the catalogue holds::
+
+    .venv/bin/python bench/model.py --scale-items 100000,1000000 --set model.sparse_embeddings=true \
+        --set model.loss=softmax --set model.item_bias=true --set model.softmax_full_max_items=1024
 """
 
 from __future__ import annotations
@@ -94,8 +103,56 @@ def time_pair(step_a, step_b, batches: list, warmup: int) -> tuple[float, float]
     return statistics.median(times_a), statistics.median(times_b)
 
 
+def scale_items(args: argparse.Namespace, cfg, sizes_list: list[int]) -> int:
+    """Samples/s of the model's training step at each catalogue size (see the module docstring)."""
+    from xrec_spark.model.losses import Catalogue
+    from xrec_spark.train.trainer import Optimizers
+
+    steps = {}
+    for n_items in sizes_list:
+        rng = np.random.default_rng(0)
+        sizes = ModelSizes(args.users, n_items, args.categories)
+        content, counts = synthetic_content(n_items, args.categories, cfg.hash_buckets, cfg.max_tokens, rng)
+        batches = [synthetic_batch(sizes, content, counts, args.batch, args.history, rng)
+                   for _ in range(args.warmup + args.steps)]
+        for b in batches:
+            b["label"] = torch.ones_like(b["label"])   # softmax trains on positives
+        model = CrossCategoryModel(cfg, sizes, content).train()
+        loss_fn = MultiTaskLoss(cfg, args.categories)
+        catalogue = Catalogue(content.category, torch.from_numpy(counts), seed=0)
+        groups = [{"name": "all", "params": list(model.parameters()), "lr": 1e-3}]
+        opt = Optimizers(groups, {id(p) for p in model.sparse_parameters()}, set(), weight_decay=0.0)
+
+        def step(b: dict, model=model, loss_fn=loss_fn, catalogue=catalogue, opt=opt) -> None:
+            u, v = model.encode(b)
+            loss, _ = loss_fn(u, v, b, content.log_popularity, catalogue, model.item_vectors)
+            opt.zero_grad()
+            loss.backward()
+            for part in opt.parts:
+                part.step()
+
+        steps[n_items] = (step, batches)
+    times: dict[int, list[float]] = {n: [] for n in sizes_list}
+    for i in range(args.warmup + args.steps):
+        for n, (step, batches) in steps.items():
+            start = time.perf_counter()
+            step(batches[i])
+            if i >= args.warmup:
+                times[n].append(time.perf_counter() - start)
+    print("machine:", platform.processor() or platform.machine(), f"{os.cpu_count()} cpus,",
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, load avg {os.getloadavg()[0]:.1f}")
+    print("model config:", json.dumps(cfg.model_dump(mode="json"), sort_keys=True))
+    rates = {n: args.batch / statistics.median(t) for n, t in times.items()}
+    for n, rate in rates.items():
+        print(f"items {n:>10,}: {rate:12,.0f} samples/s (train step, median of {args.steps})")
+    small, large = min(rates), max(rates)
+    print(f"ratio samples/s at {large:,} items / at {small:,} items: {rates[large] / rates[small]:.3f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale-items", default="", help="comma-separated catalogue sizes to compare")
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--items", type=int, default=100_000)
@@ -109,6 +166,8 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     cfg = build_config({}, args.set).model
+    if args.scale_items:
+        return scale_items(args, cfg, [int(x) for x in args.scale_items.split(",")])
     rng = np.random.default_rng(0)
     sizes = ModelSizes(args.users, args.items, args.categories)
     content, counts = synthetic_content(args.items, args.categories, cfg.hash_buckets, cfg.max_tokens, rng)

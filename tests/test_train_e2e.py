@@ -151,3 +151,17 @@ def test_torchrun_runs_the_same_train_function_without_spark(lake_root):
     result = TrainResult.read(Path(printed["model_path"]).parent / "result.json")
     assert result.world_size == 2 and len(result.history) == 4
     assert result.history[1]["loss"] < result.history[0]["loss"]
+
+
+def test_two_processes_train_the_prior_and_category_softmax_with_sparse_tables(spark, lake_root):
+    """The shipped recipe's parts under DDP (gloo all-reduces the sparse id-table gradients)."""
+    lake = Lakehouse(spark, str(lake_root))
+    model = {**SMALL_MODEL, "item_bias": True, "loss": "softmax", "temperature": 1.0, "min_item_count": 1,
+             "sparse_embeddings": True, "history_encoder": "category_attention"}
+    cfg = make_config(lake_root, model=model, train={**TRAIN, "weight_decay": 0.1, "target_categories": [],
+                                                     "phases": [{"name": "finetune", "epochs": 3, "lr": 0.01}]})
+    report = run_training(cfg, lake)
+    history = report.result.history
+    assert report.result.world_size == 2 and len(history) == 3
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert report.result.metrics["valid_ndcg@10"] > 0

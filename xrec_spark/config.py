@@ -302,6 +302,10 @@ class ModelConfig(_Section):
     # Items with fewer train positives than this own no id row: they are scored from category,
     # popularity and content (an id row that one example trains only memorises it).
     min_item_count: int = Field(0, ge=0)
+    # Id, bias and hashed-text tables with sparse gradients (SparseAdam; gloo all-reduces them
+    # sparsely under DDP): a step then costs what the batch touches, not what the catalogue
+    # holds. Off for nccl, which has no sparse all-reduce.
+    sparse_embeddings: bool = False
 
 
 # --------------------------------------------------------------------------- train

@@ -34,8 +34,8 @@ class CheckpointMismatchError(ValueError):
 def _digest(state: Mapping[str, torch.Tensor], meta_json: str) -> str:
     h = hashlib.sha256(meta_json.encode("utf-8"))
     for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        tensor = state[name].detach().cpu().contiguous().reshape(-1)   # 0-d scalars cannot be viewed as bytes
+        h.update(f"{name}:{tensor.dtype}:{tuple(state[name].shape)}".encode())
         h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return h.hexdigest()
 

@@ -40,10 +40,10 @@ class ContentEncoder(nn.Module):
     """
 
     def __init__(self, kind: ContentEncoderKind, fusion: FusionKind, dim: int, hidden: int,
-                 buckets: int, d_txt: int | None, d_img: int | None) -> None:
+                 buckets: int, d_txt: int | None, d_img: int | None, sparse: bool = False) -> None:
         super().__init__()
         self.kind, self.fusion = kind, fusion
-        self.bag = (nn.EmbeddingBag(buckets, dim, mode="mean")
+        self.bag = (nn.EmbeddingBag(buckets, dim, mode="mean", sparse=sparse)
                     if kind is ContentEncoderKind.HASHED else None)
         if kind is ContentEncoderKind.SENTENCE and d_txt is None:
             raise ValueError("model.content_encoder=sentence needs ItemContent.text_vector")

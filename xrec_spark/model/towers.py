@@ -97,18 +97,19 @@ class ItemTower(nn.Module):
         d = cfg.embedding_dim
         self.d_txt = None if content.text_vector is None else int(content.text_vector.shape[1])
         self.d_img = None if content.image is None else int(content.image.shape[1])
-        self.ids = nn.Embedding(n_items + 1, d, padding_idx=0)
+        sparse = cfg.sparse_embeddings
+        self.ids = nn.Embedding(n_items + 1, d, padding_idx=0, sparse=sparse)
         self.category = nn.Embedding(n_categories + 1, d, padding_idx=0)
         self.popularity = nn.Linear(1, d)
         has_content = cfg.content_encoder is not ContentEncoderKind.NONE or self.d_img is not None
         self.content = (ContentEncoder(cfg.content_encoder, cfg.fusion, d, cfg.hidden_dim, cfg.hash_buckets,
                                        self.d_txt if cfg.content_encoder is ContentEncoderKind.SENTENCE else None,
-                                       self.d_img) if has_content else None)
+                                       self.d_img, sparse) if has_content else None)
         self.dropout = dropout
         self.min_log_count = math.log1p(cfg.min_item_count) - 1e-6
         # b(i): a row per trained item with train positives; every other item (no positive in
         # train, or added after training) takes its category's prior for unseen items.
-        self.bias = nn.Embedding(n_items + 1, 1) if cfg.item_bias else None
+        self.bias = nn.Embedding(n_items + 1, 1, sparse=sparse) if cfg.item_bias else None
         self.unseen_bias = nn.Embedding(n_categories + 1, 1) if cfg.item_bias else None
         self.set_content(content)
 
@@ -180,9 +181,9 @@ class UserTower(nn.Module):
     """
 
     def __init__(self, n_users: int, dim: int, kind: HistoryEncoderKind, dropout: IdDropout,
-                 n_categories: int = 0) -> None:
+                 n_categories: int = 0, sparse: bool = False) -> None:
         super().__init__()
-        self.ids = nn.Embedding(n_users + 1, dim, padding_idx=0)
+        self.ids = nn.Embedding(n_users + 1, dim, padding_idx=0, sparse=sparse)
         self.history = None if kind is HistoryEncoderKind.NONE else HistoryEncoder(kind, dim, n_categories)
         self.dropout = dropout
 
@@ -213,10 +214,11 @@ class CrossCategoryModel(nn.Module):
         dropout = IdDropout(cfg.id_dropout, torch.Generator().manual_seed(cfg.seed + 1))
         self.item_tower = ItemTower(cfg, sizes.n_items, sizes.n_categories, content, dropout)
         d, kind = cfg.embedding_dim, cfg.history_encoder
-        n_cat = sizes.n_categories
-        self.user_tower = UserTower(sizes.n_users, d, kind, dropout, n_cat) if cfg.share_across_categories else None
+        n_cat, sparse = sizes.n_categories, cfg.sparse_embeddings
+        self.user_tower = (UserTower(sizes.n_users, d, kind, dropout, n_cat, sparse)
+                           if cfg.share_across_categories else None)
         self.user_towers = None if cfg.share_across_categories else nn.ModuleDict(
-            {str(k): UserTower(sizes.n_users, d, kind, dropout, n_cat) for k in range(1, n_cat + 1)})
+            {str(k): UserTower(sizes.n_users, d, kind, dropout, n_cat, sparse) for k in range(1, n_cat + 1)})
         self.heads = CategoryHeads(sizes.n_categories, d, cfg.hidden_dim, cfg.bottom, cfg.experts,
                                    shared=cfg.share_across_categories)
         self.reset_parameters(torch.Generator().manual_seed(cfg.seed))
@@ -250,6 +252,11 @@ class CrossCategoryModel(nn.Module):
         ks = range(1, self.sizes.n_categories + 1) if categories is None else categories
         return [p for k in sorted(set(ks)) for p in self.category_parameters(int(k))]
 
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """The embedding tables built with sparse gradients (``cfg.sparse_embeddings``)."""
+        return [m.weight for m in self.modules()
+                if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse]
+
     def shared_parameters(self) -> list[nn.Parameter]:
         """Every parameter that is not per-category (item tower, user tower, shared bottom)."""
         per_category = {id(p) for p in self.head_parameters()}
@@ -274,7 +281,7 @@ class CrossCategoryModel(nn.Module):
         self.heads.heads[str(k)] = head
         if self.user_towers is not None:
             tower = UserTower(self.sizes.n_users, self.cfg.embedding_dim, self.cfg.history_encoder,
-                              self.item_tower.dropout, k).to(self.item_tower.ids.weight.device)
+                              self.item_tower.dropout, k, self.cfg.sparse_embeddings).to(self.item_tower.ids.weight.device)
             for module in tower.modules():
                 init_module(module, generator)
             self.user_towers[str(k)] = tower

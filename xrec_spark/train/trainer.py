@@ -52,6 +52,58 @@ class _Objective(nn.Module):
         return total
 
 
+class Optimizers:
+    """AdamW over the dense parameters and SparseAdam over the sparse-gradient embedding tables
+    (``model.sparse_embeddings``), stepped, scheduled and checkpointed as one optimizer.
+
+    Weight decay applies to the dense part (never the item bias); SparseAdam has none, so the
+    sparse tables are held back by ``model.min_item_count`` and id-dropout instead.
+    """
+
+    def __init__(self, groups: list[dict], sparse: set[int], no_decay: set[int], weight_decay: float) -> None:
+        def part(want_sparse: bool) -> list[dict]:
+            picked = [{**g, "params": [p for p in g["params"] if (id(p) in sparse) == want_sparse]} for g in groups]
+            return [g for g in picked if g["params"]]
+
+        dense, sparse_groups = part(False), part(True)
+        self.parts: list[torch.optim.Optimizer] = []
+        if dense:
+            self.parts.append(torch.optim.AdamW(no_decay_groups(dense, no_decay), weight_decay=weight_decay))
+        if sparse_groups:
+            self.parts.append(torch.optim.SparseAdam([{k: v for k, v in g.items() if k != "weight_decay"}
+                                                      for g in sparse_groups]))
+        self.dense_params = [p for g in dense for p in g["params"]]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.parts:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"parts": [opt.state_dict() for opt in self.parts]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for opt, saved in zip(self.parts, state["parts"], strict=True):
+            opt.load_state_dict(saved)
+
+
+class Schedulers:
+    """One LambdaLR per part of :class:`Optimizers`, with the same factor."""
+
+    def __init__(self, optimizers: Optimizers, factor: Callable[[int], float]) -> None:
+        self.parts = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers.parts]
+
+    def step(self) -> None:
+        for s in self.parts:
+            s.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"parts": [s.state_dict() for s in self.parts]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for s, saved in zip(self.parts, state["parts"], strict=True):
+            s.load_state_dict(saved)
+
+
 def no_decay_groups(groups: list[dict], keep: set[int]) -> list[dict]:
     """Split the parameters whose id is in ``keep`` into their own groups with weight_decay 0
     (the item bias: decaying it would pull the popularity prior towards 0)."""
@@ -212,8 +264,8 @@ class Trainer:
         cats = torch.tensor(sorted(phase_categories(phase.name, sources, targets)), dtype=torch.long)
         params = [q for g in groups for q in g["params"]]
         bias = [t for t in (self.model.item_tower.bias, self.model.item_tower.unseen_bias) if t is not None]
-        optimizer = torch.optim.AdamW(no_decay_groups(groups, {id(t.weight) for t in bias}),
-                                      weight_decay=self.tc.weight_decay)
+        optimizer = Optimizers(groups, {id(p) for p in self.model.sparse_parameters()},
+                               {id(t.weight) for t in bias}, self.tc.weight_decay)
         net: nn.Module = self.objective
         if self.info.distributed:
             # Re-wrapped per phase: which parameters train changes between phases. Unused
@@ -230,7 +282,7 @@ class Trainer:
             shard = loader.epoch(self.phase_base[p] + epoch)
             steps = steps_for(ranks.min_over_ranks(self.info, shard.rows), self.tc.batch_size)
             if scheduler is None:
-                scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps * phase.epochs))
+                scheduler = Schedulers(optimizer, warmup_cosine(steps * phase.epochs))
                 if state is not None and state.get("optimizer") is not None:
                     optimizer.load_state_dict(state["optimizer"])
                     scheduler.load_state_dict(state["scheduler"])
@@ -306,9 +358,12 @@ class Trainer:
             raise FloatingPointError(f"loss is {loss.item()} in phase {phase.name} epoch {epoch + 1} step {step + 1}; "
                                      f"lower train.phases[].lr (now {phase.lr}) or train.grad_clip")
         self.amp.scaler.scale(loss).backward()
-        self.amp.scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(params, self.tc.grad_clip)
-        self.amp.scaler.step(optimizer)
+        for opt in optimizer.parts:
+            self.amp.scaler.unscale_(opt)
+        # Sparse gradients are left out of the norm (torch's clip works on dense ones).
+        nn.utils.clip_grad_norm_([p for p in optimizer.dense_params if p.grad is not None], self.tc.grad_clip)
+        for opt in optimizer.parts:
+            self.amp.scaler.step(opt)
         self.amp.scaler.update()
         scheduler.step()
         return float(loss.detach()), int(batch["label"].shape[0])
