@@ -450,7 +450,7 @@ class EvalConfig(_Section):
     # config (conf/local.yaml) sets a small one.
     als_base_rank: int = Field(64, ge=1)
     als_reg_params: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0])
-    als_alphas: list[float] = Field(default_factory=lambda: [1.0, 5.0, 20.0, 50.0])
+    als_alphas: list[float] = Field(default_factory=lambda: [1.0, 5.0, 20.0])
     als_ranks: list[int] = Field(default_factory=lambda: [32, 64, 128])
     als_max_iter: int = Field(15, ge=1)
     # EASE (closed-form item-item) over the ease_items most popular train items of all
