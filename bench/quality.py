@@ -148,7 +148,8 @@ def render_markdown(doc: dict) -> str:
     from xrec_spark.eval.report import MIN_GROUPS_FOR_VERDICT
 
     metric = doc["metric"]
-    order = [s for s in SYSTEMS if s in doc["systems"]] + sorted(set(doc["systems"]) - set(SYSTEMS))
+    known = ("model", *[s for s in SYSTEMS if s != "model"])      # the model first, then the baselines
+    order = [s for s in known if s in doc["systems"]] + sorted(set(doc["systems"]) - set(SYSTEMS))
     slices = [s for s in SLICES if any(s in doc["systems"][x] for x in order)]
     head = "| {} | " + " | ".join(slices) + " |"
     rule = "|---|" + "---|" * len(slices)
