@@ -228,16 +228,21 @@ class CrossCategoryModel(nn.Module):
     def reset_parameters(self, generator: torch.Generator) -> None:
         """Initialise every parameter from ``generator`` (the global RNG is not touched).
 
-        With ``cfg.item_bias`` the heads' maps start at zero, so the score starts as the bias
-        alone (popularity order) and training adds the user-item part to it.
+        With ``cfg.item_bias`` the heads' maps and the user id rows start at zero, so the score
+        starts as the bias alone (popularity order) and training adds the user-item part to it.
         """
         for module in self.modules():
             init_module(module, generator)
         if self.cfg.item_bias:
             self.item_tower.init_bias()
+            towers = [self.user_tower] if self.user_tower is not None else list(self.user_towers.values())
             with torch.no_grad():
                 for k in range(1, self.sizes.n_categories + 1):
                     self.heads.head(k).linear.weight.zero_()
+                # User id rows start at zero too: a user without train rows (cold) then adds no
+                # random direction to the prior once the heads have trained.
+                for tower in towers:
+                    tower.ids.weight.zero_()
 
     def category_parameters(self, k: int) -> list[nn.Parameter]:
         """Parameters that belong to category k alone (θ_k, its gate, its own tower when not sharing)."""

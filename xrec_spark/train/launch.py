@@ -44,6 +44,12 @@ class TrainingFailedError(RuntimeError):
     """A training rank raised; the message holds that rank's error and traceback."""
 
 
+# Bumped when the model or trainer code changes what the same config and inputs train, so that
+# a finished run of an older release is trained again rather than reused (or resumed).
+# 2: user id rows start at zero with item biases.
+MODEL_LOGIC_VERSION = 2
+
+
 def run_id_for(cfg: JobConfig, input_versions: dict[str, int]) -> str:
     """Deterministic id of a run: sha256 of what determines the model (features, model, train
     sections, minus output locations) and the pinned input versions. The same config on the
@@ -51,6 +57,8 @@ def run_id_for(cfg: JobConfig, input_versions: dict[str, int]) -> str:
     train = {k: v for k, v in cfg.train.model_dump(mode="json").items() if k not in _NOT_IN_RUN_ID}
     body = {"features": cfg.features.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
             "train": train, "inputs": dict(sorted(input_versions.items()))}
+    if MODEL_LOGIC_VERSION > 1:   # so ids of runs made before versioning stay what they were
+        body["logic"] = MODEL_LOGIC_VERSION
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]
 
 
