@@ -306,6 +306,10 @@ class ModelConfig(_Section):
     # sparsely under DDP): a step then costs what the batch touches, not what the catalogue
     # holds. Off for nccl, which has no sparse all-reduce.
     sparse_embeddings: bool = False
+    # Share of training rows whose user id and whole history are dropped, so the model also
+    # learns to rank for a user it knows nothing of (cold users: popularity plus what the
+    # category's head learned for them), not only for users with a history.
+    history_dropout: float = Field(0.0, ge=0.0, le=1.0)
 
 
 # --------------------------------------------------------------------------- train

@@ -317,6 +317,7 @@ class CrossCategoryModel(nn.Module):
     def encode(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """(u ``[B, D]`` = f_k(h_u) for the example's category k, v ``[B, D]`` = g(item))."""
         user_idx, history, item_idx, category_idx = self._check_batch(batch)
+        user_idx, history = self._drop_histories(user_idx, history)
         n = item_idx.shape[0]
         if self.cfg.history_encoder is HistoryEncoderKind.NONE:
             v = self.item_tower(item_idx)
@@ -328,6 +329,15 @@ class CrossCategoryModel(nn.Module):
         index = inverse[n:].view(history.shape)
         u = self._user_side(user_idx, history, vectors, index, category_idx)
         return self._with_user_bias(u), self._with_item_bias(vectors[inverse[:n]], item_idx)
+
+    def _drop_histories(self, user_idx: Tensor, history: Tensor) -> tuple[Tensor, Tensor]:
+        """In training, rows of ``cfg.history_dropout`` lose their user id and whole history."""
+        p = self.cfg.history_dropout
+        if not self.training or p == 0.0:
+            return user_idx, history
+        drop = (torch.rand(user_idx.shape[0], generator=self.item_tower.dropout.generator) < p).to(user_idx.device)
+        return (torch.where(drop, torch.zeros_like(user_idx), user_idx),
+                torch.where(drop.unsqueeze(1), torch.zeros_like(history), history))
 
     def _with_user_bias(self, u: Tensor) -> Tensor:
         """``[B, D] -> [B, D + 1]`` with a trailing 1 when the model has item biases."""

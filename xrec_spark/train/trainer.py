@@ -238,10 +238,8 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         pos, prog, state = self._restore()
-        if self.validation is not None and pos.global_step == 0 and not prog.history:
-            # What training starts from (per-category popularity when the model has item biases).
-            metric, groups = validation_ndcg(self.model, self.validation, self.tc.eval_k, self.device)
-            log.info("before training: valid %s %.4f over %d groups", self.metric_name, metric, groups)
+        if pos.global_step == 0 and not prog.history:
+            self._validate_start(prog)
         with open_loader(self.tc.loader.value, self.spec.inputs[TRAINING_EXAMPLES].files, self.info.rank,
                          self.info.world_size, self.tc.seed) as loader:
             for p, phase in enumerate(self.tc.phases):
@@ -255,6 +253,25 @@ class Trainer:
                 ranks.on_rank_zero(self.info, lambda: save_model(self.paths.model, self.model, self._meta(None)))
             self._checkpoint(pos, prog)
         return ranks.broadcast_from_zero(self.info, self._summary(prog, pos))
+
+    def _validate_start(self, prog: RunRecord) -> None:
+        """Validate the untrained model. With item biases it ranks like per-category popularity
+        and is the first candidate of early stopping: a training that never beats the prior on
+        valid returns the prior, so training can only add to it (rank 0 decides, all agree)."""
+        def validate() -> dict:
+            if self.validation is None:
+                return {}
+            metric, groups = validation_ndcg(self.model, self.validation, self.tc.eval_k, self.device)
+            log.info("before training: valid %s %.4f over %d groups", self.metric_name, metric, groups)
+            if not (self.cfg.model.item_bias and groups):
+                return {}
+            best_at = {"phase": "prior", "epoch": 0, "global_step": 0}
+            save_model(self.paths.model, self.model, self._meta(metric))
+            return {"best_metric": metric, "best_at": best_at}
+
+        shared = ranks.broadcast_from_zero(self.info, validate() if self.info.is_zero else None)
+        if shared:
+            prog.best_metric, prog.best_at = shared["best_metric"], shared["best_at"]
 
     def _run_phase(self, p: int, phase: PhaseConfig, loader: Any, pos: Position, prog: RunRecord,
                    state: dict[str, Any] | None) -> Position:
