@@ -310,6 +310,9 @@ class ModelConfig(_Section):
     # learns to rank for a user it knows nothing of (cold users: popularity plus what the
     # category's head learned for them), not only for users with a history.
     history_dropout: float = Field(0.0, ge=0.0, le=1.0)
+    # Learning-rate factor of the item bias b(i) (0 keeps the popularity prior fixed, so that
+    # training only learns the user-item part on top of it).
+    item_bias_lr_scale: float = Field(1.0, ge=0.0)
 
 
 # --------------------------------------------------------------------------- train

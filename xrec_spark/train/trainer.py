@@ -60,7 +60,8 @@ class Optimizers:
     sparse tables are held back by ``model.min_item_count`` and id-dropout instead.
     """
 
-    def __init__(self, groups: list[dict], sparse: set[int], no_decay: set[int], weight_decay: float) -> None:
+    def __init__(self, groups: list[dict], sparse: set[int], no_decay: set[int], weight_decay: float,
+                 no_decay_lr_scale: float = 1.0) -> None:
         def part(want_sparse: bool) -> list[dict]:
             picked = [{**g, "params": [p for p in g["params"] if (id(p) in sparse) == want_sparse]} for g in groups]
             return [g for g in picked if g["params"]]
@@ -68,7 +69,8 @@ class Optimizers:
         dense, sparse_groups = part(False), part(True)
         self.parts: list[torch.optim.Optimizer] = []
         if dense:
-            self.parts.append(torch.optim.AdamW(no_decay_groups(dense, no_decay), weight_decay=weight_decay))
+            self.parts.append(torch.optim.AdamW(no_decay_groups(dense, no_decay, no_decay_lr_scale),
+                                                weight_decay=weight_decay))
         if sparse_groups:
             self.parts.append(torch.optim.SparseAdam([{k: v for k, v in g.items() if k != "weight_decay"}
                                                       for g in sparse_groups]))
@@ -104,15 +106,16 @@ class Schedulers:
             s.load_state_dict(saved)
 
 
-def no_decay_groups(groups: list[dict], keep: set[int]) -> list[dict]:
+def no_decay_groups(groups: list[dict], keep: set[int], lr_scale: float = 1.0) -> list[dict]:
     """Split the parameters whose id is in ``keep`` into their own groups with weight_decay 0
-    (the item bias: decaying it would pull the popularity prior towards 0)."""
+    and ``lr * lr_scale`` (the item bias: decaying it would pull the popularity prior towards 0)."""
     out = []
     for g in groups:
         decayed = [p for p in g["params"] if id(p) not in keep]
         kept = [p for p in g["params"] if id(p) in keep]
         out += [{**g, "params": decayed}] if decayed else []
-        out += [{**g, "params": kept, "name": g.get("name", "") + "/no_decay", "weight_decay": 0.0}] if kept else []
+        out += [{**g, "params": kept, "name": g.get("name", "") + "/no_decay", "weight_decay": 0.0,
+                 "lr": g["lr"] * lr_scale}] if kept else []
     return out
 
 
@@ -282,7 +285,7 @@ class Trainer:
         params = [q for g in groups for q in g["params"]]
         bias = [t for t in (self.model.item_tower.bias, self.model.item_tower.unseen_bias) if t is not None]
         optimizer = Optimizers(groups, {id(p) for p in self.model.sparse_parameters()},
-                               {id(t.weight) for t in bias}, self.tc.weight_decay)
+                               {id(t.weight) for t in bias}, self.tc.weight_decay, self.cfg.model.item_bias_lr_scale)
         net: nn.Module = self.objective
         if self.info.distributed:
             # Re-wrapped per phase: which parameters train changes between phases. Unused
