@@ -97,3 +97,18 @@ def test_training_examples_do_not_depend_on_batching(spark):
     taken = {(r["user_idx"], r["item_idx"]) for r in positives.collect()}
     negatives = [r for r in large if r[-1] == 0.0]
     assert negatives and not any((r[-4], r[-3]) in taken for r in negatives)
+
+
+def test_day_histories_leave_out_the_same_day():
+    """history_as_of=day: a row's history holds the user's items of earlier UTC days only."""
+    import pyarrow as pa
+
+    from xrec_spark.features.history import histories
+
+    day, hour = 86_400 * 1_000_000, 3_600 * 1_000_000
+    users = pa.table({"user_idx": [1, 1, 1, 1, 2], "item_idx": [10, 11, 12, 13, 20],
+                      "ts_us": [0, hour, day + hour, day + 2 * hour, 5 * hour]})
+    by_event = histories(users, 3).tolist()
+    by_day = histories(users, 3, "day").tolist()
+    assert by_event == [[0, 0, 0], [10, 0, 0], [11, 10, 0], [12, 11, 10], [0, 0, 0]]
+    assert by_day == [[0, 0, 0], [0, 0, 0], [11, 10, 0], [11, 10, 0], [0, 0, 0]]

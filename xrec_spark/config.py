@@ -13,7 +13,7 @@ import json
 from datetime import date
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Literal, Any, Iterable, Mapping, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -221,6 +221,11 @@ class FeaturesConfig(_Section):
     positive_min_value: float | None = None
     recency_half_life_days: float = Field(365.0, gt=0)
     history_length: int = Field(20, ge=1)
+    # A training example's history: the user's train positives strictly before its event
+    # ("event"), or before its UTC day ("day"). Served histories are days to weeks old when the
+    # next item comes; "day" keeps the items of the same session (seconds apart in MovieLens,
+    # ordered by the rating page) out of what the model learns to predict from.
+    history_as_of: Literal["event", "day"] = "event"
     split: SplitConfig = SplitConfig()
     negatives: NegativesConfig = NegativesConfig()
     # Files of silver.training_examples: petastorm needs >= processes x a few row groups.

@@ -76,9 +76,17 @@ def earlier_items(user: np.ndarray, ts: np.ndarray, item: np.ndarray, length: in
 _TIME = "ts_us"  # epoch microseconds: the time order of a per-user pass
 
 
-def histories(users: pa.Table, length: int) -> np.ndarray:
-    """:func:`earlier_items` of every row of a whole-users table from :func:`map_positives_by_user`."""
-    return earlier_items(column(users, "user_idx"), column(users, _TIME), column(users, "item_idx"), length)
+_DAY_US = 86_400 * 1_000_000
+
+
+def histories(users: pa.Table, length: int, as_of: str = "event") -> np.ndarray:
+    """:func:`earlier_items` of every row of a whole-users table from :func:`map_positives_by_user`;
+    ``as_of="day"``: items before the row's UTC day (times floored to the day keep the sort order,
+    and rows of one user-day then share one history)."""
+    time = column(users, _TIME)
+    if as_of == "day":
+        time = np.floor_divide(time, _DAY_US)
+    return earlier_items(column(users, "user_idx"), time, column(users, "item_idx"), length)
 
 
 def map_positives_by_user(positives: DataFrame, fn: Callable[[pa.Table], pa.Table], schema: T.StructType,

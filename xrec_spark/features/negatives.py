@@ -249,7 +249,7 @@ def _examples_table(users: pa.Table, pools: SamplingPools | None, cfg: FeaturesC
     n = len(users)
     d = _NONE if pools is None else draw_negatives(users, pools, cfg.negatives, cfg.seed)
     rows = np.concatenate([np.arange(n), d.row])
-    history = histories(users, cfg.history_length)
+    history = histories(users, cfg.history_length, cfg.history_as_of)
     return pa.table({
         "user_idx": column(users, "user_idx")[rows],
         "item_idx": np.concatenate([column(users, "item_idx"), d.item.astype(np.int32)]),
