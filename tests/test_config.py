@@ -35,7 +35,7 @@ def test_overrides_are_typed_and_do_not_mutate():
     assert changed.model.loss is LossKind.SAMPLED_SOFTMAX
     assert changed.eval.ks == [5, 10]
     assert changed.train.use_gpu is True
-    assert base.model.loss is LossKind.BCE
+    assert base.model.loss is LossKind.SOFTMAX   # conf/local.yaml ships the category softmax
     assert base.fingerprint() != changed.fingerprint()
 
 

@@ -109,9 +109,10 @@ def test_best_yaml_overlay_round_trips_through_the_config_loader(tmp_path):
     base_file = REPO / "conf" / "local.yaml"
     base = load_config(base_file)
     space = load_space(REPO / "conf" / "tune" / "local.yaml", base)
-    params = {"train.phases.0.lr": 0.0042, "train.phases.0.epochs": 2, "train.phases.2.lr": 0.0003,
-              "train.phases.2.shared_lr_scale": 0.3, "train.batch_size": 4096, "model.embedding_dim": 32,
-              "model.id_dropout": 0.05}
+    params = {"train.phases.0.lr": 0.0012, "train.phases.0.epochs": 6, "train.weight_decay": 0.01,
+              "train.batch_size": 4096, "model.embedding_dim": 32, "model.id_dropout": 0.05,
+              "model.min_item_count": 2, "model.history_encoder": "category_attention",
+              "model.history_dropout": 0.1}
     row = TrialRow(number=4, state="COMPLETE", value=0.031, epochs=4, pruned_at=None, params=params,
                    mlflow_run_id=None)
     path, args = write_best(tmp_path / "best.yaml", base, space, row, "ndcg@10")
