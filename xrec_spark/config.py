@@ -576,13 +576,19 @@ def build_config(data: Mapping[str, Any], overrides: Iterable[str] = (), origin:
         raise ConfigError(_format_errors(e, origin)) from None
 
 
-def _read_yaml(file: Path) -> dict[str, Any]:
+def read_yaml_file(file: Path, what: str, error: type[Exception]) -> Any:
+    """The YAML document of ``file`` ({} when empty); ``error`` names ``what`` the file is when
+    it is missing or not YAML."""
     if not file.is_file():
-        raise ConfigError(f"config file not found: {file}")
+        raise error(f"{what} file not found: {file}")
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        return yaml.safe_load(file.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {file} is not valid YAML: {e}") from e
+        raise error(f"{what} file {file} is not valid YAML: {e}") from e
+
+
+def _read_yaml(file: Path) -> dict[str, Any]:
+    data = read_yaml_file(file, "config", ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"config file {file}: top level must be a mapping of sections")
     return data

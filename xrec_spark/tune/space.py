@@ -32,7 +32,7 @@ from typing import Any, Mapping, Protocol
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from xrec_spark.config import ConfigError, JobConfig, PrunerConfig, build_config
+from xrec_spark.config import ConfigError, JobConfig, PrunerConfig, build_config, read_yaml_file
 
 # Where a search key may point.
 ALLOWED_PREFIXES: tuple[str, ...] = ("model.", "train.", "features.negatives.")
@@ -192,12 +192,7 @@ def _errors(error: ValidationError) -> str:
 def load_space(path: str | Path, base: JobConfig) -> SearchSpace:
     """Read and validate a space YAML file."""
     file = Path(path)
-    if not file.is_file():
-        raise SpaceError(f"search space file not found: {file}")
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise SpaceError(f"search space file {file} is not valid YAML: {e}") from e
+    data = read_yaml_file(file, "search space", SpaceError)
     return parse_space(data, base, origin=str(file))
 
 
