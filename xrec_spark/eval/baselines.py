@@ -18,6 +18,7 @@ All baselines are fitted on train positives only, like the model.
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 
 from pyspark.ml.recommendation import ALS
@@ -96,7 +97,12 @@ class AlsFactors:
 def fit_als(positives: DataFrame, params: AlsParams, max_iter: int, seed: int) -> AlsFactors:
     """Implicit-feedback ALS on (user_idx, item_idx) positives (confidence 1 + alpha * 1)."""
     # One factor block per core: ALS's default of 10 blocks only adds scheduling on small inputs.
-    blocks = max(2, positives.sparkSession.sparkContext.defaultParallelism)
+    sc = positives.sparkSession.sparkContext
+    blocks = max(2, sc.defaultParallelism)
+    if sc.getCheckpointDir() is None and sc.master.startswith("local"):
+        # Without a checkpoint dir ALS never cuts its lineage: from ~15 iterations on, the
+        # driver fails with StackOverflowError. (On a cluster set spark.checkpoint.dir.)
+        sc.setCheckpointDir(tempfile.mkdtemp(prefix="xrec-als-checkpoints-"))
     als = ALS(rank=params.rank, regParam=params.reg_param, alpha=params.alpha, implicitPrefs=True,
               maxIter=max_iter, seed=seed, userCol=C.USER, itemCol=C.ITEM, ratingCol="_r",
               nonnegative=False, coldStartStrategy="drop", numUserBlocks=blocks, numItemBlocks=blocks)
