@@ -77,8 +77,10 @@ def test_coverage_table():
 def test_training_history_from_result_file_and_curve_png(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    history = [{"phase": "pretrain", "epoch": 1, "loss": 0.7, "valid_metric": 0.01, "metric_name": "ndcg@10"},
-               {"phase": "pretrain", "epoch": 2, "loss": 0.6, "valid_metric": 0.02, "metric_name": "ndcg@10"},
+    history = [{"phase": "pretrain", "epoch": 1, "loss": 0.7, "valid_metric": 0.01, "metric_name": "ndcg@10",
+                "valid_by_slice": {"warm": 0.02, "cold_user": 0.005}},
+               {"phase": "pretrain", "epoch": 2, "loss": 0.6, "valid_metric": 0.02, "metric_name": "ndcg@10",
+                "valid_by_slice": {"warm": 0.03, "cold_user": 0.01}},
                {"phase": "finetune", "epoch": 1, "loss": 0.5, "valid_metric": None, "metric_name": "ndcg@10"}]
     (run / "result.json").write_text(pd.Series({"history": history}).to_json(), encoding="utf-8")
     frame, source = training_history({"run_dir": str(run)})

@@ -17,7 +17,7 @@ from xrec_spark.train.ddp import RecordedFailure
 from xrec_spark.train.launch import failure_message, rank_errors, run_id_for
 from xrec_spark.train.spec import InputTable, Sizes, TrainSpec
 from xrec_spark.train.trainer import warmup_cosine
-from xrec_spark.train.validation import build_validation, validation_ndcg
+from xrec_spark.train.validation import build_validation, slice_means, validation_ndcg
 
 
 def _spec(tmp_path, **kw) -> TrainSpec:
@@ -116,6 +116,19 @@ def test_build_validation_groups_exclusions_and_histories():
     assert [e.tolist() for e in vs.exclude] == [[1], []]          # user 1 had item 1 in train
     assert vs.history.tolist() == [[1, 6, 0], [0, 0, 0]]
     assert {k: v.tolist() for k, v in vs.category_items.items()} == {1: [1, 2, 3, 4]}
+
+
+def test_validation_groups_carry_the_user_slice():
+    inter, items, histories = _validation_frames()
+    cold = pd.DataFrame({"user_idx": [4], "item_idx": [2], "category_idx": [1], "split": ["valid"], "label": [1]})
+    inter = pd.concat([inter, cold], ignore_index=True)
+    # Target category 1 only: user 1 has train rows in it (warm); user 2 only in category 2,
+    # which is not a target but still makes the user known (cross_category); user 4 has none.
+    vs = build_validation(inter, items, histories, targets=[1], history_length=2, max_groups=10, seed=0)
+    assert vs.user_idx.tolist() == [1, 2, 4]
+    assert vs.user_slice.tolist() == ["warm", "cross_category", "cold_user"]
+    values = np.array([0.5, 0.25, np.nan])
+    assert slice_means(values, vs) == {"warm": 0.5, "cross_category": 0.25}
 
 
 class _FixedVectors(nn.Module):

@@ -96,8 +96,16 @@ def training_curves(history: pd.DataFrame, path: Path, title: str) -> Path:
     if len(valid):
         ax2 = ax.twinx()
         name = str(valid["metric_name"].iloc[0]) if "metric_name" in valid else "valid metric"
-        ax2.plot(valid["epoch"], valid["valid_metric"], "s--", color="tab:green", label=f"valid {name}")
+        ax2.plot(valid["epoch"], valid["valid_metric"], "s--", color="tab:green", label=f"valid {name} (all)")
+        by_slice = valid["valid_by_slice"] if "valid_by_slice" in valid else None
+        if by_slice is not None and by_slice.map(lambda d: isinstance(d, dict) and bool(d)).all():
+            # One dotted line per user slice: the groups behind the "all" figure need not move together.
+            for slice_name, style in (("warm", "^:"), ("cross_category", "v:"), ("cold_user", "d:")):
+                values = by_slice.map(lambda d: d.get(slice_name, float("nan")))
+                if values.notna().any():
+                    ax2.plot(valid["epoch"], values, style, alpha=0.7, label=f"valid {name} {slice_name}")
         ax2.set_ylabel(f"valid {name}", color="tab:green")
+        ax2.legend(loc="lower right", fontsize=7)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -74,4 +74,5 @@ class Progress:
         metric = record.get("valid_metric")
         log.info("%s done: loss %.4f, %s samples/s, %.1fs%s", self._label, record["loss"],
                  f"{record['samples_per_s']:,.0f}", record["seconds"],
-                 "" if metric is None else f", valid {record['metric_name']} {metric:.4f}")
+                 "" if metric is None else f", valid {record['metric_name']} {metric:.4f}"
+                 + "".join(f", {k} {v:.4f}" for k, v in (record.get("valid_by_slice") or {}).items()))

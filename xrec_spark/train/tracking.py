@@ -108,6 +108,10 @@ def log_mlflow(uri: str, spec: TrainSpec, result: TrainResult) -> str:
         if record.get("valid_metric") is not None:
             metrics.append(Metric(_metric_name(f"valid_{record['metric_name']}"), float(record["valid_metric"]),
                                   now, step))
+        for slice_name, value in (record.get("valid_by_slice") or {}).items():
+            # Not "valid_*": that prefix names the run's one early-stopping metric.
+            metrics.append(Metric(_metric_name(f"slice_{slice_name}_valid_{record['metric_name']}"), float(value),
+                                  now, step))
     metrics += [Metric(_metric_name(k), float(v), now, 0) for k, v in result.metrics.items()]
     for i in range(0, len(metrics), 1000):
         client.log_batch(rid, metrics=metrics[i:i + 1000])

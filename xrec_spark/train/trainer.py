@@ -32,7 +32,7 @@ from xrec_spark.train.batching import batches, mix_seed, prefetched, steps_for, 
 from xrec_spark.train.loader import open_loader, read_pinned
 from xrec_spark.train.progress import Progress
 from xrec_spark.train.spec import ITEM_FEATURES, TRAINING_EXAMPLES, TrainSpec
-from xrec_spark.train.validation import load_validation, validation_ndcg
+from xrec_spark.train.validation import group_ndcg, load_validation, slice_means
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,10 @@ class _Amp:
 
     def autocast(self) -> Any:
         return torch.autocast("cuda", dtype=self.dtype) if self.enabled else nullcontext()
+
+
+def _slices_text(by_slice: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in by_slice.items()) or "no slices"
 
 
 def warmup_cosine(total_steps: int, floor: float = 0.1) -> Callable[[int], float]:
@@ -264,8 +268,9 @@ class Trainer:
         def validate() -> dict:
             if self.validation is None:
                 return {}
-            metric, groups = validation_ndcg(self.model, self.validation, self.tc.eval_k, self.device)
-            log.info("before training: valid %s %.4f over %d groups", self.metric_name, metric, groups)
+            metric, groups, by_slice = self._valid()
+            log.info("before training: valid %s %.4f over %d groups (%s)", self.metric_name, metric, groups,
+                     _slices_text(by_slice))
             if not (self.cfg.model.item_bias and groups):
                 return {}
             best_at = {"phase": "prior", "epoch": 0, "global_step": 0}
@@ -282,7 +287,6 @@ class Trainer:
         groups = phase_param_groups(self.model, self.loss, phase.name, phase.lr, phase.shared_lr_scale,
                                     sources, targets)
         cats = torch.tensor(sorted(phase_categories(phase.name, sources, targets)), dtype=torch.long)
-        params = [q for g in groups for q in g["params"]]
         bias = [t for t in (self.model.item_tower.bias, self.model.item_tower.unseen_bias) if t is not None]
         optimizer = Optimizers(groups, {id(p) for p in self.model.sparse_parameters()},
                                {id(t.weight) for t in bias}, self.tc.weight_decay, self.cfg.model.item_bias_lr_scale)
@@ -307,7 +311,7 @@ class Trainer:
                     optimizer.load_state_dict(state["optimizer"])
                     scheduler.load_state_dict(state["scheduler"])
                     self.amp.scaler.load_state_dict(state["scaler"])
-            pos = self._run_epoch(phase, epoch, shard, steps, pos, prog, net, optimizer, scheduler, params, cats)
+            pos = self._run_epoch(phase, epoch, shard, steps, pos, prog, net, optimizer, scheduler, cats)
             record, stop = self._end_epoch(phase, epoch, pos, prog)
             prog.finished = prog.finished or bool(record.get("pruned"))   # a pruned trial skips later phases
             last = stop or epoch + 1 == phase.epochs
@@ -323,7 +327,7 @@ class Trainer:
         return pos
 
     def _run_epoch(self, phase: PhaseConfig, epoch: int, shard: Any, steps: int, pos: Position,
-                   prog: RunRecord, net: nn.Module, optimizer: Any, scheduler: Any, params: list,
+                   prog: RunRecord, net: nn.Module, optimizer: Any, scheduler: Any,
                    cats: Tensor) -> Position:
         first = pos.step if pos.epoch == epoch else 0
         if first == 0:
@@ -342,7 +346,7 @@ class Trainer:
                     if batch is None:
                         break
                     self._fail_hook(pos.global_step + 1)
-                    loss, n = self._step(batch, net, optimizer, scheduler, params, cats, phase, epoch, step)
+                    loss, n = self._step(batch, net, optimizer, scheduler, cats, phase, epoch, step)
                     pos.loss_sum += loss * n
                     pos.rows += n
                     pos.global_step += 1
@@ -365,8 +369,8 @@ class Trainer:
             raise RuntimeError(f"injected failure at global step {step} on rank {self.info.rank} "
                                "(TrainSpec.fail_at_step test hook)")
 
-    def _step(self, batch: dict[str, Tensor], net: nn.Module, optimizer: Any, scheduler: Any, params: list,
-              cats: Tensor, phase: PhaseConfig, epoch: int, step: int) -> tuple[float, int]:
+    def _step(self, batch: dict[str, Tensor], net: nn.Module, optimizer: Any, scheduler: Any, cats: Tensor,
+              phase: PhaseConfig, epoch: int, step: int) -> tuple[float, int]:
         keep = torch.isin(batch["category_idx"], cats)
         if not bool(keep.all()):
             batch = {k: v[keep] for k, v in batch.items()}
@@ -399,9 +403,9 @@ class Trainer:
                   "metric_name": self.metric_name}
 
         def validate() -> tuple[dict, bool, dict]:
-            metric, groups = validation_ndcg(self.model, self.validation, self.tc.eval_k, self.device) \
-                if self.validation is not None else (float("nan"), 0)
-            record.update(valid_metric=None if groups == 0 else metric, valid_groups=groups)
+            metric, groups, by_slice = self._valid()
+            record.update(valid_metric=None if groups == 0 else metric, valid_groups=groups,
+                          valid_by_slice=by_slice)
             stop = False
             if groups:
                 if prog.best_metric is None or metric > prog.best_metric:
@@ -423,6 +427,16 @@ class Trainer:
         prog.best_metric, prog.best_at, prog.bad_epochs = shared["best_metric"], shared["best_at"], shared["bad_epochs"]
         prog.history.append(record)
         return record, stop
+
+    def _valid(self) -> tuple[float, int, dict[str, float]]:
+        """Valid NDCG@k over all groups, the groups counted, and its mean per user slice."""
+        if self.validation is None:
+            return float("nan"), 0, {}
+        values = group_ndcg(self.model, self.validation, self.tc.eval_k, self.device)
+        defined = ~np.isnan(values)
+        if not defined.any():
+            return float("nan"), 0, {}
+        return float(values[defined].mean()), int(defined.sum()), slice_means(values, self.validation)
 
     def _meta(self, metric: float | None) -> dict[str, Any]:
         return {"model_version": self.spec.model_version, "run_id": self.spec.run_id,

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from xrec_spark.eval.columns import COLD_USER, CROSS_CATEGORY, WARM
 from xrec_spark.eval.ranking import ndcg_at_k, ranked_items
 
 if TYPE_CHECKING:
@@ -33,7 +34,11 @@ class ValidationSet:
 
     ``user_idx, category_idx: int64 [G]``; ``history: int64 [G, L]`` (each user's history as of
     the end of the train split); ``relevant[g]`` / ``exclude[g]``: item_idx arrays;
-    ``category_items[c]``: sorted item_idx of category ``c`` (the ranking candidates).
+    ``category_items[c]``: sorted item_idx of category ``c`` (the ranking candidates);
+    ``user_slice: str [G]``: the group's user slice as the evaluation names it (``warm``: train
+    rows in this category, ``cross_category``: only in others, ``cold_user``: none), so the
+    early-stopping curve can be read per slice: on a temporal split the valid weeks can hold a
+    very different mix of new and returning users than the test weeks.
     """
 
     user_idx: np.ndarray
@@ -42,6 +47,7 @@ class ValidationSet:
     relevant: list[np.ndarray]
     exclude: list[np.ndarray]
     category_items: dict[int, np.ndarray]
+    user_slice: np.ndarray
 
     @property
     def groups(self) -> int:
@@ -86,20 +92,44 @@ def build_validation(interactions: pd.DataFrame, items: pd.DataFrame, histories:
         int(c): np.sort(items.loc[items["category_idx"] == c, "item_idx"].to_numpy(np.int64))
         for c in np.unique(cats).tolist()
     }
-    return ValidationSet(users, cats, hist, list(grouped.to_numpy()), exclude, category_items)
+    # Known from the train rows of every category, target or not: a user with train rows only
+    # outside the targets is a cross-category user, not a cold one.
+    every_train = interactions.loc[interactions["split"] == "train", "user_idx"].to_numpy(np.int64)
+    known = np.isin(users, every_train)
+    warm = np.array([e.size > 0 for e in exclude], dtype=bool)
+    user_slice = np.where(warm, WARM, np.where(known, CROSS_CATEGORY, COLD_USER))
+    return ValidationSet(users, cats, hist, list(grouped.to_numpy()), exclude, category_items, user_slice)
+
+
+def slice_means(values: np.ndarray, vs: ValidationSet) -> dict[str, float]:
+    """Mean of per-group ``values`` in each user slice present (NaN groups left out)."""
+    out: dict[str, float] = {}
+    for name in (WARM, CROSS_CATEGORY, COLD_USER):
+        v = values[(vs.user_slice == name) & ~np.isnan(values)]
+        if v.size:
+            out[name] = float(v.mean())
+    return out
+
+
+def validation_ndcg(model: torch.nn.Module, vs: ValidationSet, k: int, device: torch.device,
+                    chunk: int = 1024) -> tuple[float, int]:
+    """``(mean NDCG@k over groups, groups counted)``; NaN and 0 when there is no group."""
+    values = group_ndcg(model, vs, k, device, chunk)
+    defined = ~np.isnan(values)
+    return (float(values[defined].mean()) if defined.any() else float("nan")), int(defined.sum())
 
 
 @torch.no_grad()
-def validation_ndcg(model: torch.nn.Module, vs: ValidationSet, k: int, device: torch.device,
-                    chunk: int = 1024) -> tuple[float, int]:
-    """``(mean NDCG@k over groups, groups counted)``; NaN and 0 when there is no group.
+def group_ndcg(model: torch.nn.Module, vs: ValidationSet, k: int, device: torch.device,
+               chunk: int = 1024) -> np.ndarray:
+    """NDCG@k of each validation group (``float [G]``, NaN where a category has no items).
 
     ``model`` has ``user_vectors(user_idx [B], history [B, L], category_idx [B]) -> [B, D]`` and
     ``item_vectors(item_idx [N]) -> [N, D]`` (CrossCategoryModel); it is scored in eval mode
     and put back in the mode it was in.
     """
     if vs.groups == 0:
-        return float("nan"), 0
+        return np.zeros(0)
     was_training = model.training
     model.eval()
     values = np.full(vs.groups, np.nan)
@@ -125,8 +155,7 @@ def validation_ndcg(model: torch.nn.Module, vs: ValidationSet, k: int, device: t
                 values[g] = ndcg_at_k(ranked, [vs.relevant[i] for i in g.tolist()], k)
     finally:
         model.train(was_training)
-    defined = ~np.isnan(values)
-    return (float(values[defined].mean()) if defined.any() else float("nan")), int(defined.sum())
+    return values
 
 
 def load_validation(spec: "TrainSpec", cfg: "JobConfig") -> ValidationSet | None:
@@ -143,7 +172,7 @@ def load_validation(spec: "TrainSpec", cfg: "JobConfig") -> ValidationSet | None
         return None
     inter = spec.inputs[INTERACTIONS]
     targets = list(spec.target_categories)
-    where = pads.field("split").isin(["train", "valid"]) & pads.field("category_idx").isin(targets)
+    where = pads.field("split").isin(["train", "valid"])
     interactions = read_pinned(inter.files, inter.path, ["user_idx", "item_idx", "category_idx", "split", "label"],
                                inter.partition_by, where).to_pandas()
     feats = spec.inputs[ITEM_FEATURES]
