@@ -88,6 +88,14 @@ def test_training_history_from_result_file_and_curve_png(tmp_path):
     assert training_history({"run_dir": str(tmp_path / "missing")}) == (None, "absent")
     png = plots.training_curves(frame, tmp_path / "curve.png", "test")
     assert png.stat().st_size > 5_000
+    # With the untrained model's validation the curve starts at epoch 0 (the prior).
+    start = {"valid_metric": 0.005, "valid_groups": 9, "metric_name": "ndcg@10",
+             "valid_by_slice": {"warm": 0.01, "cold_user": 0.002}}
+    (run / "result.json").write_text(pd.Series({"history": history, "valid_start": start}).to_json(),
+                                     encoding="utf-8")
+    frame, _ = training_history({"run_dir": str(run)})
+    assert list(frame["epoch"]) == [0, 1, 2, 3] and frame["valid_metric"].iloc[0] == 0.005
+    assert plots.training_curves(frame, tmp_path / "curve0.png", "test").stat().st_size > 5_000
 
 
 @pytest.mark.parametrize("n_categories", [2, 28])

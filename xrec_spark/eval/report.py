@@ -196,6 +196,9 @@ def training_history(params: dict[str, Any]) -> tuple[pd.DataFrame | None, str]:
         if records:
             frame = pd.DataFrame(records)
             frame["epoch"] = range(1, len(frame) + 1)
+            if data.get("valid_start"):   # epoch 0: the untrained model (with item biases, popularity)
+                start = pd.DataFrame([{**data["valid_start"], "epoch": 0, "loss": float("nan"), "phase": "prior"}])
+                frame = pd.concat([start, frame], ignore_index=True)
             return frame, f"the run's result file ({Path(run_dir).name}/result.json)"
     uri, rid = params.get("tracking_uri"), params.get("mlflow_run_id")
     if uri and rid:

@@ -84,6 +84,8 @@ class RunRecord:
     bad_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     finished: bool = False
+    # The untrained model's validation (valid_metric, valid_groups, valid_by_slice): epoch 0 of the curve.
+    start: dict[str, Any] | None = None
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:

@@ -44,6 +44,7 @@ class TrainResult:
     best_at: dict[str, Any] | None = None
     world_size: int = 1
     input_versions: dict[str, int] = field(default_factory=dict)
+    valid_start: dict[str, Any] | None = None   # the untrained model's validation (epoch 0)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -114,7 +115,8 @@ def train(spec: TrainSpec) -> TrainResult:
             result = TrainResult(run_id=spec.run_id, model_version=spec.model_version, run_dir=str(paths.root),
                                  model_path=str(paths.model), metrics=summary["metrics"],
                                  history=summary["history"], best_at=summary["best_at"],
-                                 world_size=info.world_size, input_versions=spec.input_versions())
+                                 world_size=info.world_size, input_versions=spec.input_versions(),
+                                 valid_start=summary["valid_start"])
             ranks.on_rank_zero(info, lambda: atomic_write_text(paths.result, result.to_json()))
             return result
 

@@ -271,14 +271,17 @@ class Trainer:
             metric, groups, by_slice = self._valid()
             log.info("before training: valid %s %.4f over %d groups (%s)", self.metric_name, metric, groups,
                      _slices_text(by_slice))
+            start = {"valid_metric": metric, "valid_groups": groups, "valid_by_slice": by_slice,
+                     "metric_name": self.metric_name} if groups else None
             if not (self.cfg.model.item_bias and groups):
-                return {}
+                return {"start": start}
             best_at = {"phase": "prior", "epoch": 0, "global_step": 0}
             save_model(self.paths.model, self.model, self._meta(metric))
-            return {"best_metric": metric, "best_at": best_at}
+            return {"best_metric": metric, "best_at": best_at, "start": start}
 
         shared = ranks.broadcast_from_zero(self.info, validate() if self.info.is_zero else None)
-        if shared:
+        prog.start = shared.get("start")
+        if "best_metric" in shared:
             prog.best_metric, prog.best_at = shared["best_metric"], shared["best_at"]
 
     def _run_phase(self, p: int, phase: PhaseConfig, loader: Any, pos: Position, prog: RunRecord,
@@ -457,4 +460,4 @@ class Trainer:
             metrics["data_wait_share"] = waited / max(total_s, 1e-9)
         if prog.best_metric is not None:
             metrics[f"valid_{self.metric_name}"] = float(prog.best_metric)
-        return {"metrics": metrics, "history": history, "best_at": prog.best_at}
+        return {"metrics": metrics, "history": history, "best_at": prog.best_at, "valid_start": prog.start}
