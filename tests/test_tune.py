@@ -15,7 +15,7 @@ from conftest import REPO, make_config
 from xrec_spark.config import JobConfig, PrunerConfig, TrialConfig, build_config, load_config
 from xrec_spark.tune.pruning import TrialReporter, open_storage
 from xrec_spark.tune.space import SpaceError, apply_values, load_space, overlay, parse_space, set_args
-from xrec_spark.tune.study import TrialRow, write_best
+from xrec_spark.tune.study import TrialRow, _enqueue_base, write_best
 
 SPACE = {
     "study": "s1",
@@ -56,6 +56,32 @@ def test_space_accepts_float_int_log_and_categorical_and_suggests_valid_configs(
         v = space.suggest(t)
         assert 1e-4 <= v["train.phases.0.lr"] <= 1e-2 and v["features.negatives.per_positive"] in (2, 4, 6, 8)
         study.tell(t, 0.0)
+
+
+def test_the_base_config_runs_first_once_and_only_when_the_space_holds_it():
+    base = JobConfig()
+    # JobConfig()'s phases have different epochs (2, 1, 1): no `train.phases.*.epochs` draw
+    # reproduces them, so the base cannot be a trial of SPACE.
+    values, why = parse_space(SPACE, base).base_values(base)
+    assert values is None and why == "train.phases.*.epochs=[2, 1, 1] is outside its search range"
+    values, why = parse_space(_space(**{"model.embedding_dim": {"type": "categorical", "choices": [16, 32]}}),
+                              base).base_values(base)
+    assert values is None and "model.embedding_dim=64" in why
+    inside = parse_space(_space(**{"model.embedding_dim": {"type": "categorical", "choices": [32, 64]},
+                                   "model.id_dropout": {"type": "float", "low": 0.0, "high": 0.3}}), base)
+    assert inside.base_values(base) == ({"model.embedding_dim": 64, "model.id_dropout": 0.1}, "")
+    study = optuna.create_study(direction="maximize")
+    _enqueue_base(study, inside, base)
+    _enqueue_base(study, inside, base)                     # queued once, not twice
+    first = study.ask()
+    assert inside.suggest(first) == {"model.embedding_dim": 64, "model.id_dropout": 0.1}
+    assert first.user_attrs == {"base_config": True}
+    study.tell(first, 0.5)
+    _enqueue_base(study, inside, base)                     # the study has it: nothing queued
+    second = study.ask()
+    assert "base_config" not in second.user_attrs and len(study.trials) == 2
+    assert not parse_space({**_space(**{"model.id_dropout": {"type": "float", "low": 0.0, "high": 0.3}}),
+                            "base_trial": False}, base).base_trial
 
 
 @pytest.mark.parametrize("key, spec, message", [

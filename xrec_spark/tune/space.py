@@ -91,6 +91,16 @@ class ParamSpec(BaseModel):
         if self.step is not None and (self.type is not ParamKind.INT or self.log):
             raise ValueError("step applies to linear int ranges only")
 
+    def contains(self, value: Any) -> bool:
+        """Whether a trial of this dimension could draw ``value``."""
+        if self.type is ParamKind.CATEGORICAL:
+            return value in (self.choices or [])
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.type is ParamKind.INT and (value != int(value) or (self.step and (value - self.low) % self.step)):
+            return False
+        return float(self.low or 0.0) <= float(value) <= float(self.high or 0.0)
+
     def probe_values(self) -> list[Any]:
         """The values that bound what a trial can draw (checked against the config up front)."""
         if self.type is ParamKind.CATEGORICAL:
@@ -120,6 +130,21 @@ class SearchSpace:
     seed: int = 0
     startup_trials: int = 4
     top: int = 5
+    # Run the base config's own values as a trial (first, or next on a study without it), so the
+    # best trial is never worse on valid than the config the search started from.
+    base_trial: bool = True
+
+    def base_values(self, base: JobConfig) -> tuple[dict[str, Any] | None, str]:
+        """``(values, "")`` of every space key in ``base``, or ``(None, why)`` when one of them
+        lies outside its range or choices (then no trial can reproduce the base)."""
+        data = base.model_dump(mode="json")
+        values: dict[str, Any] = {}
+        for key, p in self.params.items():
+            value = _get(data, key.split("."))
+            if not p.contains(value):
+                return None, f"{key}={value!r} is outside its search range"
+            values[key] = int(value) if p.type is ParamKind.INT else value
+        return values, ""
 
     def suggest(self, trial: Suggester) -> dict[str, Any]:
         """One value per key, drawn by ``trial`` (the Optuna param name is the key)."""
@@ -137,7 +162,7 @@ class SearchSpace:
         return [k for k in self.params if k.startswith("features.")]
 
 
-_TOP_LEVEL = ("study", "seed", "startup_trials", "top", "pruner", "space")
+_TOP_LEVEL = ("study", "seed", "startup_trials", "top", "pruner", "base_trial", "space")
 
 
 def parse_space(data: Mapping[str, Any], base: JobConfig, origin: str = "<space>") -> SearchSpace:
@@ -180,7 +205,11 @@ def parse_space(data: Mapping[str, Any], base: JobConfig, origin: str = "<space>
         raise SpaceError(f"{origin}: seed, startup_trials and top must be integers: {e}") from None
     if startup < 0 or top < 1:
         raise SpaceError(f"{origin}: startup_trials must be >= 0 and top >= 1; got {startup}, {top}")
-    return SearchSpace(study=study, params=params, pruner=pruner, seed=seed, startup_trials=startup, top=top)
+    base_trial = data.get("base_trial", True)
+    if not isinstance(base_trial, bool):
+        raise SpaceError(f"{origin}: base_trial must be true or false; got {base_trial!r}")
+    return SearchSpace(study=study, params=params, pruner=pruner, seed=seed, startup_trials=startup, top=top,
+                       base_trial=base_trial)
 
 
 def _errors(error: ValidationError) -> str:
@@ -253,6 +282,18 @@ def check_key(key: str, base: JobConfig) -> None:
         if i == len(parts):
             raise SpaceError(f"space key {key}: {'.'.join(parts)} is a section; name one of its keys "
                              f"({', '.join(sorted(model.model_fields))})")
+
+
+def _get(node: Any, parts: list[str]) -> Any:
+    """The value at ``parts``; for ``*`` the items' common value, or their list when they differ."""
+    for depth, part in enumerate(parts):
+        if isinstance(node, list) and part == "*":
+            values = [_get(item, parts[depth + 1:]) for item in node]
+            return values[0] if values and all(v == values[0] for v in values) else values
+        node = node[int(part)] if isinstance(node, list) else node.get(part)
+        if node is None:
+            return None
+    return node
 
 
 def _set(node: Any, parts: list[str], value: Any, key: str) -> None:

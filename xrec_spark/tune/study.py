@@ -161,6 +161,23 @@ def _fail_stale(study: optuna.Study, store: optuna.storages.BaseStorage) -> None
         store.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
 
+def _enqueue_base(study: optuna.Study, space: SearchSpace, cfg: JobConfig) -> None:
+    """Queue the base config's values as the next trial unless the study already ran them."""
+    if not space.base_trial:
+        return
+    values, why = space.base_values(cfg)
+    if values is None:
+        log.info("study %s: no base-config trial (%s)", space.study, why)
+        return
+    done = any(t.params == values for t in study.get_trials(deepcopy=False)
+               if t.state is not optuna.trial.TrialState.FAIL)
+    if done:
+        return
+    log.info("study %s: the base config's own values run as the next trial: %s", space.study,
+             ", ".join(f"{k}={_cell(v)}" for k, v in values.items()))
+    study.enqueue_trial(values, user_attrs={"base_config": True}, skip_if_exists=True)
+
+
 def _rows(study: optuna.Study, top: int) -> list[TrialRow]:
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if t.value is not None]
@@ -206,6 +223,8 @@ def run_study(spark: SparkSession, lake: Lakehouse, cfg: JobConfig, space: Searc
                               pruner=build_pruner(space.pruner, total_epochs))
     log.info("study %s in %s: %d earlier trial(s); running up to %s more within %s min", space.study, where, before,
              trials if trials is not None else "unlimited", minutes if minutes is not None else "unlimited")
+    if trials != 0:
+        _enqueue_base(study, space, cfg)
     objective = Objective(spark, lake, cfg, space, where, uri)
     t0 = time.perf_counter()
     if trials != 0:
