@@ -2,7 +2,9 @@
 
 Jobs are submitted as a cluster user would: the venv's ``spark-submit``, ``--master
 spark://...``, the two Delta jars of the project cache with ``--jars`` (no network), the config
-file with ``--files``, a lakehouse root every worker can reach (a folder on this machine).
+file with ``--files``, a lakehouse root every worker can reach (a folder on this machine). With
+``delta_packages=`` a job gets Delta the other way docs/cluster.md gives: ``--packages``, which
+Spark's Ivy resolves from Maven Central (the one submission of the suite that leaves loopback).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import yaml
 
 from conftest import CIAO_SAMPLE, REPO, TEST_SPARK, make_config
 from standalone import LOOPBACK
+from xrec_spark.config import DeltaConfig
 from xrec_spark.features.build import OUTPUTS as FEATURE_TABLES
 from xrec_spark.features.build import build_features
 from xrec_spark.ingest.run import run_ingest
-from xrec_spark.jars import ensure_delta_jars
+from xrec_spark.jars import delta_coordinates, ensure_delta_jars
 from xrec_spark.tables import BRONZE_EVENTS, BRONZE_ITEMS, BRONZE_QUARANTINE, Lakehouse, TableSpec
 
 CIAO_INGEST = {"events": {"path": str(CIAO_SAMPLE), "format": "parquet",
@@ -47,11 +50,34 @@ def write_job_config(path: Path, lakehouse_root: Path, **sections: dict) -> Path
     return path
 
 
-def submit_command(master: str, job: str, config: Path, *args: str) -> list[str]:
+def delta_package() -> str:
+    """The coordinate docs/cluster.md gives to ``--packages`` (``io.delta:delta-spark_2.13:<version>``
+    of the pinned Delta; Ivy brings ``delta-storage`` as its dependency)."""
+    return delta_coordinates(DeltaConfig())[0]
+
+
+def packages_args(fresh_dir: Path) -> list[str]:
+    """spark-submit arguments that take Delta from ``--packages`` with nothing cached: Ivy's cache
+    and jars in ``fresh_dir/ivy`` (``spark.jars.ivy``), and ``user.home`` of the submitting JVM
+    (where Ivy resolves, in client mode) moved to ``fresh_dir/home``: Spark's first resolver is
+    ``~/.m2/repository``, where ``xrec setup-jars``' Maven leaves these very jars (it skips them
+    there only while their pom is missing)."""
+    return ["--packages", delta_package(), "--conf", f"spark.jars.ivy={fresh_dir / 'ivy'}",
+            "--driver-java-options", f"-Duser.home={fresh_dir / 'home'}"]
+
+
+def submit_command(master: str, job: str, config: Path, *args: str,
+                   delta_packages: Path | None = None) -> list[str]:
+    """The spark-submit command line; Delta's jars from the project cache (``--jars``), or from
+    ``--packages`` resolved into the fresh folder ``delta_packages`` (:func:`packages_args`)."""
     spark_submit = Path(sys.executable).parent / "spark-submit"
-    jars = ensure_delta_jars(make_config(config.parent).spark.delta)
+    if delta_packages is None:
+        jars = ensure_delta_jars(make_config(config.parent).spark.delta)
+        delta = ["--jars", ",".join(str(j.resolve()) for j in jars)]
+    else:
+        delta = packages_args(delta_packages)
     return [str(spark_submit), "--master", master, "--driver-memory", "1g", "--executor-memory", "768m",
-            "--jars", ",".join(str(j.resolve()) for j in jars), "--files", str(config),
+            *delta, "--files", str(config),
             "--conf", "spark.ui.enabled=false", "--conf", "spark.task.maxFailures=4",
             f"jobs/{job}.py", "--config", str(config), *args]
 
@@ -68,10 +94,12 @@ def start_submit(master: str, job: str, config: Path, *args: str, log: Path) -> 
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def submit(master: str, job: str, config: Path, *args: str) -> subprocess.CompletedProcess:
+def submit(master: str, job: str, config: Path, *args: str,
+           delta_packages: Path | None = None) -> subprocess.CompletedProcess:
     """Run one job to completion; returns the finished process (stdout, stderr), fails the test
-    with the log tail otherwise."""
-    proc = subprocess.run(submit_command(master, job, config, *args), cwd=REPO, env=submit_env(),
+    with the log tail otherwise. ``delta_packages``: see :func:`submit_command`."""
+    proc = subprocess.run(submit_command(master, job, config, *args, delta_packages=delta_packages),
+                          cwd=REPO, env=submit_env(),
                           capture_output=True, text=True, timeout=SUBMIT_TIMEOUT, check=False)
     if proc.returncode != 0:
         pytest.fail(f"spark-submit {job} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-6000:]}")
