@@ -102,8 +102,13 @@ def _zero_rows(d):
 # (make input, error message pattern)
 FAILURES = {
     "corrupt parquet pages": (_corrupt, r"reading failed: .*corrupt\.parquet"),
-    "truncated parquet footer": (_truncated, r"truncated\.parquet"),
-    "corrupt file next to a good one": (_corrupt_next_to_good, r"reading failed: .*part-1\.parquet"),
+    # The cause is the innermost JVM exception's first line, not py4j's "An error occurred while
+    # calling o123.parquet."
+    "truncated parquet footer": (_truncated, r"cannot read '\S*/truncated\.parquet' as parquet: "
+                                             r"java\.lang\.RuntimeException: \S*/truncated\.parquet is not a "
+                                             r"Parquet file\. Expected magic number at tail"),
+    "corrupt file next to a good one": (_corrupt_next_to_good, r"reading failed: \S*/part-1\.parquet: "
+                                                               r".*is not a Parquet file"),
     "renamed column": (_renamed, r"has no column\(s\) rating \(found: user_id, item_id, event_ts, score, category\)"),
     "missing column": (_missing, r"has no column\(s\) event_ts"),
     "parquet with no rows": (_zero_rows, r"has no rows"),
@@ -116,8 +121,9 @@ def test_bad_parquet_fails_clearly_and_changes_nothing(spark, stored, tmp_path, 
     make, message = FAILURES[case]
     bad = cfg.with_overrides([f"ingest.events.path={make(tmp_path)}"])
     before = lakehouse.versions(ALL_TABLES)
-    with pytest.raises(SourceReadError, match=message):
+    with pytest.raises(SourceReadError, match=message) as raised:
         run_ingest(spark, lakehouse, bad, run_id=f"bad-{case}")
+    assert "An error occurred while calling" not in str(raised.value)
     assert lakehouse.versions(ALL_TABLES) == before
     assert lakehouse.read(BRONZE_EVENTS).count() == 6
 

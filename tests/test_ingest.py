@@ -1,5 +1,5 @@
-"""Ingest: the acceptance CSV (every quarantine reason), idempotent re-ingest, and sources that
-cannot be read leaving every table as it was."""
+"""Ingest: the acceptance CSV (every quarantine reason), re-ingest (skipped as unchanged, or read
+again and adding nothing), and sources that cannot be read leaving every table as it was."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def _ingest_section(path, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def acceptance(spark, tmp_path_factory):
-    """The acceptance CSV ingested twice into a fresh lakehouse."""
+    """The acceptance CSV ingested three times into a fresh lakehouse: then again (skipped as
+    unchanged), then with skip_unchanged=false (read again)."""
     root = tmp_path_factory.mktemp("acceptance")
     csv = root / "events.csv"
     csv.write_text("\n".join([HEADER, *(line for line, _ in GOOD), *(line for line, _ in BAD)]) + "\n",
@@ -66,8 +67,11 @@ def acceptance(spark, tmp_path_factory):
     after_first = lakehouse.versions(ALL_TABLES)
     quarantine_first = sorted(tuple(r) for r in lakehouse.read(BRONZE_QUARANTINE).select("raw", "reason").collect())
     second = run_ingest(spark, lakehouse, cfg, run_id="run-2")
+    after_second = lakehouse.versions(ALL_TABLES)
+    forced = run_ingest(spark, lakehouse, cfg.with_overrides(["ingest.skip_unchanged=false"]), run_id="run-3")
     return SimpleNamespace(cfg=cfg, csv=csv, root=root, lakehouse=lakehouse, first=first, second=second,
-                           after_first=after_first, quarantine_first=quarantine_first)
+                           forced=forced, after_first=after_first, after_second=after_second,
+                           quarantine_first=quarantine_first)
 
 
 def test_acceptance_csv_counts(acceptance):
@@ -108,15 +112,29 @@ def test_each_bad_row_gets_its_reason(acceptance, line, reason):
     assert matches[0]["source"].endswith("/events.csv")
 
 
-def test_reingest_adds_nothing(acceptance):
-    second, lakehouse = acceptance.second, acceptance.lakehouse
-    assert second.inserted_events == 0
-    assert second.new_quarantine_rows == 0
-    assert second.upserted_items == 0
-    assert second.quarantined == acceptance.first.quarantined
-    bronze = [BRONZE_EVENTS.qualified, BRONZE_ITEMS.qualified, BRONZE_QUARANTINE.qualified]
+def test_reingest_of_the_unchanged_file_reads_nothing(acceptance):
+    second = acceptance.second
+    assert len(acceptance.first.files) == 1 and acceptance.first.files[0].endswith("/events.csv")
+    assert second.skipped_files == acceptance.first.files and second.files == []
+    assert (second.rows_read, second.accepted_events, second.inserted_events, second.new_quarantine_rows,
+            second.upserted_items, second.quarantined) == (0, 0, 0, 0, 0, {})
+    assert any(line.startswith("  skipped 1 unchanged file(s)") and "events.csv" in line for line in second.lines())
+    # Only meta.job_log got its row; bronze and the manifest are as the first run left them.
+    changed = {t for t, v in acceptance.after_second.items() if acceptance.after_first.get(t) != v}
+    assert changed == {JOB_LOG.qualified}
+
+
+def test_forced_reingest_reads_again_and_adds_nothing(acceptance):
+    forced, lakehouse = acceptance.forced, acceptance.lakehouse
+    assert forced.files == acceptance.first.files and forced.skipped_files == []
+    assert forced.inserted_events == 0
+    assert forced.new_quarantine_rows == 0
+    assert forced.upserted_items == 0
+    assert forced.quarantined == acceptance.first.quarantined
     now = lakehouse.versions(ALL_TABLES)
-    assert {t: now[t] for t in bronze} == {t: acceptance.after_first[t] for t in bronze}
+    # The file's state is already in meta.ingested_files: nothing to record either.
+    assert {t: v for t, v in now.items() if t != JOB_LOG.qualified} == \
+        {t: v for t, v in acceptance.after_first.items() if t != JOB_LOG.qualified}
     assert lakehouse.read(BRONZE_EVENTS).count() == 10
     assert sorted(tuple(r) for r in lakehouse.read(BRONZE_QUARANTINE).select("raw", "reason").collect()) \
         == acceptance.quarantine_first
@@ -124,10 +142,11 @@ def test_reingest_adds_nothing(acceptance):
 
 def test_job_log_records_each_run(acceptance):
     rows = {r["run_id"]: r for r in acceptance.lakehouse.read(JOB_LOG).collect()}
-    assert set(rows) == {"run-1", "run-2"}
+    assert set(rows) == {"run-1", "run-2", "run-3"}
     assert rows["run-1"]["run_key"] == rows["run-2"]["run_key"]  # same config, same file
     assert json.loads(rows["run-1"]["summary"])["inserted_events"] == 10
-    assert json.loads(rows["run-2"]["summary"])["inserted_events"] == 0
+    second = json.loads(rows["run-2"]["summary"])
+    assert (second["inserted_events"], second["files"], len(second["skipped_files"])) == (0, [], 1)
     assert rows["run-2"]["input_versions"]["bronze.events"] == rows["run-1"]["output_versions"]["bronze.events"]
 
 

@@ -66,10 +66,11 @@ def test_ciao_sample_through_the_job_then_the_demo(spark, tmp_path, capsys):
     assert items == pandas_item_categories(accepted)
     versions = lakehouse.versions(ALL_TABLES)
 
-    # The demo's ingest stage re-ingests the same file: nothing new.
+    # The demo's ingest stage re-ingests the same file: skipped as unchanged, nothing new.
     assert demo.main(["--config", str(config), "--until", "ingest"]) == 0
     out = capsys.readouterr().out
     assert "(0 new in bronze.events)" in out and "(0 new in bronze.quarantine)" in out
+    assert "skipped 1 unchanged file(s)" in out and "sample.parquet" in out
     assert "bronze.events" in out and str(tmp_path / "lakehouse") in out and "what to look at next" in out
     after = lakehouse.versions(ALL_TABLES)
     assert {k: v for k, v in after.items() if k.startswith("bronze.")} == \
@@ -88,7 +89,10 @@ def test_full_ciao_twice_matches_pandas_and_adds_nothing(spark, tmp_path):
     assert first.accepted_items == accepted["item_id"].nunique() == 105_096  # 18 items have only rating-0 rows
     versions = lakehouse.versions([BRONZE_EVENTS, BRONZE_ITEMS, BRONZE_QUARANTINE])
 
-    second = run_ingest(spark, lakehouse, cfg)
+    skipped = run_ingest(spark, lakehouse, cfg)
+    assert (skipped.rows_read, skipped.files, len(skipped.skipped_files)) == (0, [], 1)
+    # Read again all the same: the MERGEs add nothing.
+    second = run_ingest(spark, lakehouse, cfg.with_overrides(["ingest.skip_unchanged=false"]))
     assert (second.inserted_events, second.new_quarantine_rows, second.upserted_items) == (0, 0, 0)
     assert second.quarantined == expected
     assert lakehouse.versions([BRONZE_EVENTS, BRONZE_ITEMS, BRONZE_QUARANTINE]) == versions

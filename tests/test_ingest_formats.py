@@ -1,5 +1,5 @@
-"""Ingest of each format (Parquet with typed columns, JSON lines by glob) and of items (a file with
-list-valued genres; or derived from events, the Ciao rule)."""
+"""Ingest of each format (Parquet with typed columns, JSON lines by glob), of ISO 8601 timestamps, and
+of items (a file with list-valued genres; or derived from events, the Ciao rule)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from conftest import make_config
 from xrec_spark.ingest.readers import read_source
 from xrec_spark.ingest.run import run_ingest
 from xrec_spark.ingest.validate import classify_events
-from xrec_spark.tables import BRONZE_EVENTS, BRONZE_ITEMS, Lakehouse
+from xrec_spark.tables import BRONZE_EVENTS, BRONZE_ITEMS, BRONZE_QUARANTINE, Lakehouse
 
 
 def classified(spark, cfg) -> list:
@@ -191,3 +191,43 @@ def test_item_column_type_errors_name_the_column(spark, tmp_path, columns, messa
     with pytest.raises(TypeError, match=message):
         run_ingest(spark, Lakehouse(spark, cfg.lakehouse.root), cfg)
     assert not (tmp_path / "lakehouse").exists()
+
+
+# ISO 8601 texts and the UTC instant each must be stored as, in epoch microseconds (by hand:
+# 2010-01-01T00:00:00Z = 1_262_304_000 s). ts_format is set to something else, so these are
+# read as ISO 8601 only.
+DAY0 = 1_262_304_000
+ISO_FORMS = {
+    "z": ("2010-01-01T00:00:00Z", DAY0 * 10**6),
+    "plus offset": ("2010-01-01T02:30:00+02:00", (DAY0 + 1_800) * 10**6),          # 00:30Z
+    "minus offset": ("2010-01-01T00:00:00-05:30", (DAY0 + 19_800) * 10**6),        # 05:30Z
+    "compact offset": ("2010-01-01T08:00:00+0100", (DAY0 + 25_200) * 10**6),       # 07:00Z
+    "fraction": ("2010-01-01T00:00:00.25Z", DAY0 * 10**6 + 250_000),
+    "nanos cut to micros": ("2010-01-01T12:00:00.123456789+01:00", (DAY0 + 39_600) * 10**6 + 123_456),
+    "date only": ("2010-01-02", (DAY0 + 86_400) * 10**6),
+    "no seconds": ("2010-01-01T10:15Z", (DAY0 + 36_900) * 10**6),
+    "no zone is utc": ("2010-01-01T10:00:00", (DAY0 + 36_000) * 10**6),
+    "space and lower case z": ("2010-01-01 10:00:00z", (DAY0 + 36_000) * 10**6),
+    "configured ts_format": ("02/01/2010 10:00", (DAY0 + 86_400 + 36_000) * 10**6),  # dd/MM/yyyy HH:mm
+    "epoch seconds": (str(DAY0), DAY0 * 10**6),
+}
+NOT_TIMESTAMPS = {"time only": "10:00:00", "impossible date": "2010-02-30T00:00:00Z",
+                  "hour 25": "2010-01-01T25:00:00Z", "one-digit month": "2010-1-01",
+                  "offset without two-digit hour": "2010-01-01T00:00:00+2:00", "words": "yesterday",
+                  "date only for a format with time": "02/01/2010"}
+
+
+def test_iso_8601_timestamps_are_stored_in_utc(spark, tmp_path):
+    forms = {**{k: v for k, (v, _) in ISO_FORMS.items()}, **NOT_TIMESTAMPS}
+    _jsonl(tmp_path / "iso.jsonl", [{"user": name, "item": "x", "ts": text} for name, text in forms.items()])
+    cfg = make_config(tmp_path / "lakehouse", ingest={"events": {
+        "path": str(tmp_path / "iso.jsonl"), "ts_format": "dd/MM/yyyy HH:mm",
+        "columns": {"user_id": "user", "item_id": "item", "event_ts": "ts", "value": None}}})
+    lakehouse = Lakehouse(spark, cfg.lakehouse.root)
+    summary = run_ingest(spark, lakehouse, cfg)
+    assert summary.quarantined == {"unparseable timestamp": len(NOT_TIMESTAMPS)}
+    stored = {r["user_id"]: r["micros"] for r in
+              lakehouse.read(BRONZE_EVENTS).select("user_id", F.unix_micros("event_ts").alias("micros")).collect()}
+    assert stored == {name: micros for name, (_, micros) in ISO_FORMS.items()}
+    rejected = {json.loads(r["raw"])["user"]: r["reason"] for r in lakehouse.read(BRONZE_QUARANTINE).collect()}
+    assert rejected == {name: "unparseable timestamp" for name in NOT_TIMESTAMPS}

@@ -79,7 +79,7 @@ class FileFormat(str, Enum):
 
 
 class TimestampUnit(str, Enum):
-    """How a numeric timestamp column is read; strings are parsed with ``ts_format``."""
+    """How a numeric timestamp column is read; strings are parsed with ``ts_format`` or as ISO 8601."""
 
     SECONDS = "seconds"
     MILLIS = "millis"
@@ -142,6 +142,9 @@ class IngestConfig(_Section):
     min_ts: date = date(1990, 1, 1)
     # Rows dated after now + this many days are rejected as "future".
     future_tolerance_days: int = Field(1, ge=0)
+    # Skip input files already ingested unchanged under the same rules (meta.ingested_files);
+    # false reads every file again (the MERGEs still add nothing twice).
+    skip_unchanged: bool = True
 
     @model_validator(mode="after")
     def _range_is_ordered(self) -> "IngestConfig":

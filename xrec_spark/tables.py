@@ -260,11 +260,25 @@ JOB_LOG = TableSpec(
             ("summary", _S, True), ("started_at", _TS, False), ("finished_at", _TS, False)),
     keys=("job", "run_id"),
 )
+# The input files ingest has read (one row per source and file, the latest read): what lets a
+# re-ingest skip files that have not changed since (xrec_spark/ingest/manifest.py).
+INGESTED_FILES = TableSpec(
+    "meta", "ingested_files",
+    _schema(("source", _S, False),          # the ingest source that read it: events / items
+            ("file", _S, False),            # URI as the file system lists it
+            ("size", _L, False),
+            ("modified_ms", _L, False),     # modification time, epoch milliseconds
+            ("fingerprint", _S, False),     # sha256 of size + first and last block
+            ("rules_hash", _S, False),      # hash of the config that judged its rows
+            ("run_id", _S, False),
+            ("ingested_at", _TS, False)),
+    keys=("source", "file"),
+)
 
 ALL_TABLES: tuple[TableSpec, ...] = (
     BRONZE_EVENTS, BRONZE_ITEMS, BRONZE_QUARANTINE,
     USER_INDEX, ITEM_INDEX, CATEGORY_INDEX, ITEM_FEATURES, USER_HISTORY, INTERACTIONS, USER_CATEGORY_AFFINITY, CATEGORY_TRANSFER,
-    TRAINING_EXAMPLES, ITEM_EMBEDDINGS, USER_EMBEDDINGS, CANDIDATES, RUNS, METRICS, JOB_LOG,
+    TRAINING_EXAMPLES, ITEM_EMBEDDINGS, USER_EMBEDDINGS, CANDIDATES, RUNS, METRICS, JOB_LOG, INGESTED_FILES,
 )
 
 

@@ -9,7 +9,10 @@ Normalisation rules (documented in the README, "Ingest and sources"):
 - ids: cast to string, leading/trailing ASCII whitespace trimmed, unicode kept as is; empty
   after trimming counts as missing.
 - timestamps: timestamp/date columns as they are; numbers (and strings that are plain numbers)
-  as epoch ``ts_unit``; other strings parsed with ``ts_format`` (Spark datetime pattern), UTC.
+  as epoch ``ts_unit``; other strings parsed with ``ts_format`` (Spark datetime pattern) or,
+  failing that, as ISO 8601 (date only, or date and time with ``T`` or a space, optional seconds
+  and fraction, optional zone ``Z`` / ``±HH`` / ``±HHMM`` / ``±HH:MM``); converted to UTC, a
+  time without zone read as UTC.
 - value: a number; null is allowed (an event without a rating); anything else that is not a
   finite number inside [value_min, value_max] is "value out of range".
 - event type: trimmed and lower-cased; must be one of ``ingest.event_types``.
@@ -45,6 +48,10 @@ CLASSIFIED_EVENT_COLUMNS: tuple[str, ...] = (
 # Beyond year ~9999 in seconds: larger numbers cannot be timestamps (and would overflow).
 _MAX_EPOCH_SECONDS = 253_402_300_800
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+# The ISO 8601 forms accepted besides ts_format (checked on the upper-cased text). Spark's own
+# cast is looser: it reads "10:00" as today at 10:00 and "2020-1-1" as a date, which an event
+# log never means; those stay unparseable.
+_ISO_8601 = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?)?$"
 _SEP = "\u001f"  # unit separator: cannot occur in normalised ids by accident
 
 
@@ -73,8 +80,18 @@ def parse_timestamp(col: Column, dtype: T.DataType, unit: TimestampUnit, fmt: st
     if isinstance(dtype, T.NumericType):
         return _epoch_to_ts(col.cast(T.DoubleType()), unit)
     text = normalise_text(col)
-    return F.when(text.rlike(_NUMBER), _epoch_to_ts(text.try_cast(T.DoubleType()), unit)).otherwise(
-        F.try_to_timestamp(text, F.lit(fmt)))
+    formatted = F.coalesce(F.try_to_timestamp(text, F.lit(fmt)), iso_timestamp(text))
+    return F.when(text.rlike(_NUMBER), _epoch_to_ts(text.try_cast(T.DoubleType()), unit)).otherwise(formatted)
+
+
+def iso_timestamp(text: Column) -> Column:
+    """UTC timestamp of an ISO 8601 text (see :data:`_ISO_8601`); null for any other text and
+    for impossible dates or times (2020-02-30, 25:00). Fractions beyond microseconds are cut."""
+    upper = F.upper(text)  # RFC 3339 allows a lower-case t and z
+    # Spark's cast wants seconds before a zone ("10:15Z" -> null): add them when missing.
+    with_seconds = F.regexp_replace(upper, r"^(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2})(Z|[+-][0-9:]+|)$", "$1:00$2")
+    # The session time zone is UTC (session.py), so a time without a zone is read as UTC.
+    return F.when(upper.rlike(_ISO_8601), with_seconds.try_cast(T.TimestampType()))
 
 
 def parse_number(col: Column, dtype: T.DataType) -> Column:
