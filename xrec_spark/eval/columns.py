@@ -1,18 +1,19 @@
 """Column names and fixed vocabularies of the evaluation code, in one place.
 
 Every function in ``xrec_spark.eval`` takes its column names as keyword parameters whose defaults
-come from here, so a caller with differently named columns renames nothing.
+come from here, so a caller with differently named columns renames nothing. The names other
+layers share (ranked-list columns, split and slice values) are defined once in
+:mod:`xrec_spark.names` and re-exported here, so eval code reads all its names from one module.
 """
 
 from __future__ import annotations
 
+from xrec_spark.names import (  # noqa: F401  (re-exported: see the module doc)
+    CATEGORY, COLD_ITEM, COLD_USER, CROSS_CATEGORY, ITEM, RANK, SCORE, TEST, TRAIN, USER, VALID, VECTOR, WARM,
+)
+
 # Rankings DataFrame: gold.candidates minus run_date, plus the system that produced it.
 SYSTEM = "system"
-USER = "user_idx"
-ITEM = "item_idx"
-CATEGORY = "category_idx"
-RANK = "rank"                 # 1-based position in the ranked list
-SCORE = "score"
 
 # silver.interactions columns the evaluation reads.
 SPLIT = "split"
@@ -34,11 +35,7 @@ CI_LOW = "ci_low"
 CI_HIGH = "ci_high"
 CATEGORY_NAME = "category"    # gold.metrics.category: a category_idx as text, or an aggregate
 
-# Split names written by the features job.
-TRAIN, VALID, TEST = "train", "valid", "test"
-
-# Slices, in the precedence the features job assigns them (first match wins per interaction).
-COLD_ITEM, COLD_USER, WARM, CROSS_CATEGORY = "cold_item", "cold_user", "warm", "cross_category"
+# Slices in the order reports show them (the features job's precedence is names.SLICE_PRECEDENCE).
 SLICES: tuple[str, ...] = (WARM, CROSS_CATEGORY, COLD_USER, COLD_ITEM)
 
 # Aggregate labels in gold.metrics.category / gold.metrics.slice.

@@ -14,6 +14,8 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from xrec_spark.eval import columns as C  # noqa: E402
+
 
 def category_bars(frame: pd.DataFrame, systems: Sequence[str], path: Path, title: str) -> Path:
     """Grouped horizontal bars: one group per category, one bar per system, with CI whiskers.
@@ -100,7 +102,7 @@ def training_curves(history: pd.DataFrame, path: Path, title: str) -> Path:
         by_slice = valid["valid_by_slice"] if "valid_by_slice" in valid else None
         if by_slice is not None and by_slice.map(lambda d: isinstance(d, dict) and bool(d)).all():
             # One dotted line per user slice: the groups behind the "all" figure need not move together.
-            for slice_name, style in (("warm", "^:"), ("cross_category", "v:"), ("cold_user", "d:")):
+            for slice_name, style in ((C.WARM, "^:"), (C.CROSS_CATEGORY, "v:"), (C.COLD_USER, "d:")):
                 values = by_slice.map(lambda d: d.get(slice_name, float("nan")))
                 if values.notna().any():
                     ax2.plot(valid["epoch"], values, style, alpha=0.7, label=f"valid {name} {slice_name}")

@@ -30,7 +30,6 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from xrec_spark.config import JobConfig
-from xrec_spark.features.common import TRAIN
 from xrec_spark.features.history import train_positives, user_history
 from xrec_spark.features.indexing import first_seen, new_index_rows
 from xrec_spark.features.interactions import (
@@ -41,6 +40,7 @@ from xrec_spark.features.negatives import sampling_pools, training_examples
 from xrec_spark.features.splits import (
     Cutoffs, assign_slices, assign_split, fraction_cutoffs, resolve_cutoffs_config,
 )
+from xrec_spark.names import TRAIN
 from xrec_spark.tables import (
     BRONZE_EVENTS, BRONZE_ITEMS, CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, ITEM_FEATURES, ITEM_INDEX,
     JOB_LOG, TRAINING_EXAMPLES, USER_CATEGORY_AFFINITY, USER_HISTORY, USER_INDEX, Lakehouse, TableSpec,

@@ -1,7 +1,7 @@
-"""Names and small column expressions shared by the feature transforms.
+"""Small column expressions and hashing shared by the feature transforms.
 
-Split and slice names are the ones ``xrec_spark.eval`` reads; they are repeated here rather than
-imported so that features does not depend on eval.
+The split and slice values the features job writes are defined in :mod:`xrec_spark.names`, which
+evaluation and training read too.
 """
 
 from __future__ import annotations
@@ -11,12 +11,6 @@ import hashlib
 import numpy as np
 from pyspark.sql import Column
 from pyspark.sql import functions as F
-
-TRAIN, VALID, TEST = "train", "valid", "test"
-
-# Slices of valid/test rows, in precedence order: the first that applies wins.
-COLD_ITEM, COLD_USER, WARM, CROSS_CATEGORY = "cold_item", "cold_user", "warm", "cross_category"
-SLICE_PRECEDENCE: tuple[str, ...] = (COLD_ITEM, COLD_USER, WARM, CROSS_CATEGORY)
 
 SECONDS_PER_DAY = 86_400
 _MANTISSA = 2**53

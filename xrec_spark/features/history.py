@@ -20,8 +20,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from xrec_spark.features.common import TRAIN, pad_ids
+from xrec_spark.features.common import pad_ids
 from xrec_spark.features.per_user import column, int_lists, map_users
+from xrec_spark.names import TRAIN
 
 
 def train_positives(interactions: DataFrame) -> DataFrame:

@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from xrec_spark.features.common import TRAIN
+from xrec_spark.names import TRAIN
 
 
 def _clean(col: str) -> F.Column:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from xrec_spark.features.common import TRAIN
+from xrec_spark.names import TRAIN
 
 
 def user_category_affinity(interactions: DataFrame) -> DataFrame:

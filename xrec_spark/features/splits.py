@@ -32,9 +32,8 @@ from pyspark.sql import DataFrame, Row, Window
 from pyspark.sql import functions as F
 
 from xrec_spark.config import SplitConfig
-from xrec_spark.features.common import (
-    COLD_ITEM, COLD_USER, CROSS_CATEGORY, SECONDS_PER_DAY, TEST, TRAIN, VALID, WARM,
-)
+from xrec_spark.features.common import SECONDS_PER_DAY
+from xrec_spark.names import COLD_ITEM, COLD_USER, CROSS_CATEGORY, TEST, TRAIN, VALID, WARM
 
 _EPOCH = date(1970, 1, 1)
 
