@@ -4,7 +4,7 @@
     .venv/bin/python bench/candidates.py --users 20000 --items 20000 --skip-als   # a quick look
 
 Prints, from one run on one machine:
-- ``engine``: :func:`xrec_spark.batch.candidates.top_k_candidates` (exact) on ``local[*]``, every
+- ``engine``: :func:`xrec_spark.ranking.spark.rank_by_vectors` (exact) on ``local[*]``, every
   (user, item) pair scored, top K written to Spark's no-op sink; items scored per second =
   users x items / wall time (broadcast, search and output included);
 - ``numpy``: the raw single-process ``U @ X.T`` rate (no selection, no Spark) on blocks of
@@ -34,8 +34,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from xrec_spark.batch.candidates import search_recall, top_k_candidates  # noqa: E402
 from xrec_spark.config import BatchConfig, build_config  # noqa: E402
+from xrec_spark.ranking.spark import rank_by_vectors, search_recall  # noqa: E402
 from xrec_spark.session import get_spark  # noqa: E402
 
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     users_df = frame(spark, np.arange(1, args.users + 1), u, "user_idx", 2 * cores).cache()
     items_df = frame(spark, np.arange(1, args.items + 1), x, "item_idx", cores).cache()
     users_df.count(), items_df.count()
-    exact = top_k_candidates(users_df, items_df, args.k, block_size=args.block_size)
+    exact = rank_by_vectors(users_df, items_df, args.k, block_size=args.block_size)
     secs = timed_noop(exact)
     # The ceiling again right after the engine, and the higher of the two counts: on a shared
     # machine the load moves between the runs, and the ratio must not flatter the engine.
@@ -137,15 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     out["engine_vs_numpy"] = pairs / secs / ceiling
 
     if not args.skip_faiss:
-        approx = top_k_candidates(users_df, items_df, args.k, search="faiss", block_size=args.block_size,
-                                  faiss_nlist=args.nlist, faiss_nprobe=args.nprobe)
+        approx = rank_by_vectors(users_df, items_df, args.k, search="faiss", block_size=args.block_size,
+                                 faiss_nlist=args.nlist, faiss_nprobe=args.nprobe)
         out["faiss_seconds"] = timed_noop(approx)
         # recall on a 5% sample of users (the join of 100k x 100 rows twice is the slow part)
         sample = users_df.where(f"user_idx % 20 = 0").cache()
         out["faiss_recall"] = search_recall(
-            top_k_candidates(sample, items_df, args.k, search="faiss", faiss_nlist=args.nlist,
-                             faiss_nprobe=args.nprobe),
-            top_k_candidates(sample, items_df, args.k))
+            rank_by_vectors(sample, items_df, args.k, search="faiss", faiss_nlist=args.nlist,
+                            faiss_nprobe=args.nprobe),
+            rank_by_vectors(sample, items_df, args.k))
         out["faiss_nlist"], out["faiss_nprobe"] = args.nlist, args.nprobe
 
     if not args.skip_als:

@@ -1,4 +1,4 @@
-"""Candidate search: kernels (numpy/faiss), the Spark engine, fallback, and the candidates job."""
+"""Candidate search: kernels (numpy/faiss), the Spark engine (xrec_spark.ranking), fallback, and the candidates job."""
 
 from datetime import date
 
@@ -11,10 +11,11 @@ from batch_fixtures import (
     write_silver,
 )
 from conftest import make_config
-from xrec_spark.batch import search
-from xrec_spark.batch.candidates import popularity_candidates, search_recall, top_k_candidates
 from xrec_spark.batch.generate import generate_candidates
 from xrec_spark.batch.pairs import category_ids, user_category_pairs
+from xrec_spark.ranking import kernels
+from xrec_spark.ranking.popularity import rank_by_popularity
+from xrec_spark.ranking.spark import rank_by_vectors, search_recall
 from xrec_spark.tables import CANDIDATES, CATEGORY_INDEX, JOB_LOG, USER_CATEGORY_AFFINITY, USER_INDEX, Lakehouse
 
 CAND_SCHEMA = "user_idx int, category_idx int, rank int, item_idx int, score double"
@@ -24,9 +25,9 @@ CAND_SCHEMA = "user_idx int, category_idx int, rank int, item_idx int, score dou
 
 def test_kernel_orders_by_score_then_item_and_drops_excluded():
     # items 10, 20, 30, 40 in 2-d; query [1, 0] scores 3, 1, 3, -1: tie 10/30 -> 10 first.
-    cat = search.build_catalogue(1, np.array([30, 10, 40, 20]), np.array([[3, 0], [3, 0], [-1, 0], [1, 0]]))
-    row, rank, item, score = search.top_k(cat, np.array([[1.0, 0.0], [1.0, 0.0]]), 3,
-                                          exclude=[None, np.array([10, 99])])
+    cat = kernels.build_catalogue(1, np.array([30, 10, 40, 20]), np.array([[3, 0], [3, 0], [-1, 0], [1, 0]]))
+    row, rank, item, score = kernels.top_k(cat, np.array([[1.0, 0.0], [1.0, 0.0]]), 3,
+                                           exclude=[None, np.array([10, 99])])
     assert row.tolist() == [0, 0, 0, 1, 1, 1]
     assert rank.tolist() == [1, 2, 3, 1, 2, 3]
     assert item.tolist() == [10, 30, 20, 30, 20, 40]
@@ -34,8 +35,8 @@ def test_kernel_orders_by_score_then_item_and_drops_excluded():
 
 
 def test_kernel_returns_fewer_rows_when_the_category_runs_out():
-    cat = search.build_catalogue(1, np.array([1, 2]), np.array([[1.0], [2.0]]))
-    row, rank, item, _ = search.top_k(cat, np.array([[1.0], [1.0]]), 5, exclude=[np.array([2]), np.array([1, 2])])
+    cat = kernels.build_catalogue(1, np.array([1, 2]), np.array([[1.0], [2.0]]))
+    row, rank, item, _ = kernels.top_k(cat, np.array([[1.0], [1.0]]), 5, exclude=[np.array([2]), np.array([1, 2])])
     assert list(zip(row.tolist(), rank.tolist(), item.tolist())) == [(0, 1, 1)]
 
 
@@ -45,7 +46,7 @@ def test_kernel_exact_matches_brute_force_across_blocks():
     items = rng.standard_normal((400, 8)).astype(np.float32)
     users = rng.standard_normal((50, 8)).astype(np.float32)
     exclude = [rng.choice(ids, size=int(rng.integers(0, 30)), replace=False) for _ in range(50)]
-    row, _, item, _ = search.top_k(search.build_catalogue(1, ids, items), users, 10, exclude, block_size=7)
+    row, _, item, _ = kernels.top_k(kernels.build_catalogue(1, ids, items), users, 10, exclude, block_size=7)
     scores = users @ items.T
     for r in range(50):
         s = np.where(np.isin(ids, exclude[r]), -np.inf, scores[r])
@@ -58,22 +59,22 @@ def test_faiss_catalogue_keeps_high_recall_on_clustered_vectors():
     items = (centres[rng.integers(0, 20, 4000)] + rng.standard_normal((4000, 16))).astype(np.float32)
     users = (centres[rng.integers(0, 20, 200)] + rng.standard_normal((200, 16))).astype(np.float32)
     ids = np.arange(1, 4001)
-    exact = search.build_catalogue(1, ids, items)
-    approx = search.build_catalogue(1, ids, items, approximate=True, nlist=64, nprobe=16)
+    exact = kernels.build_catalogue(1, ids, items)
+    approx = kernels.build_catalogue(1, ids, items, approximate=True, nlist=64, nprobe=16)
     assert approx.index is not None and approx.nprobe == 16
-    r_e, _, i_e, _ = search.top_k(exact, users, 20)
-    r_a, _, i_a, _ = search.top_k(approx, users, 20, index=search.load_index(approx))
-    value = search.recall([i_a[r_a == r] for r in range(200)], [i_e[r_e == r] for r in range(200)])
+    r_e, _, i_e, _ = kernels.top_k(exact, users, 20)
+    r_a, _, i_a, _ = kernels.top_k(approx, users, 20, index=kernels.load_index(approx))
+    value = kernels.recall([i_a[r_a == r] for r in range(200)], [i_e[r_e == r] for r in range(200)])
     assert 0.9 <= value <= 1.0
 
 
 @pytest.mark.parametrize("n_items, nlist, lists", [(100, 256, 0), (39 * 4, 256, 4), (100_000, 256, 256)])
 def test_ivf_lists_capped_by_catalogue_size(n_items, nlist, lists):
-    assert search.ivf_lists(n_items, nlist) == lists
+    assert kernels.ivf_lists(n_items, nlist) == lists
 
 
 def test_recall_counts_overlap_per_row():
-    assert search.recall([np.array([1, 2]), np.array([5, 6])], [np.array([1, 3]), np.array([5, 6])]) == 0.75
+    assert kernels.recall([np.array([1, 2]), np.array([5, 6])], [np.array([1, 3]), np.array([5, 6])]) == 0.75
 
 
 # ------------------------------------------------------------------------------ Spark engine
@@ -88,10 +89,10 @@ def _frames(spark):
     return users, items
 
 
-def test_top_k_candidates_hand_computed(spark):
+def test_rank_by_vectors_hand_computed(spark):
     users, items = _frames(spark)
     exclude = spark.createDataFrame([(10, 3), (10, 5), (11, 4)], "user_idx int, item_idx int")
-    got = top_k_candidates(users, items, 2, exclude)
+    got = rank_by_vectors(users, items, 2, exclude)
     # u10 c1 [1,.5]: 1 -> 1.0, 2 -> 0.5, 3 -> 1.5 (excluded); u11 c1 [0,1]: 2 -> 1, 3 -> 1 (tie), 1 -> 0;
     # u10 c2 [1,0]: 4 -> 2, 5 excluded; u12 asks for category 3, which has no items: no rows.
     expected = spark.createDataFrame([(10, 1, 1, 1, 1.0), (10, 1, 2, 2, 0.5), (11, 1, 1, 2, 1.0),
@@ -101,8 +102,8 @@ def test_top_k_candidates_hand_computed(spark):
 
 def test_faiss_mode_equals_exact_on_a_tiny_catalogue_and_recall_is_one(spark):
     users, items = _frames(spark)
-    exact = top_k_candidates(users, items, 2)
-    approx = top_k_candidates(users, items, 2, search="faiss", faiss_nlist=4, faiss_nprobe=1)
+    exact = rank_by_vectors(users, items, 2)
+    approx = rank_by_vectors(users, items, 2, search="faiss", faiss_nlist=4, faiss_nprobe=1)
     assert_same_rows(approx, exact)  # 5 items: too few for an index, searched exactly
     assert search_recall(approx, exact) == 1.0
 
@@ -115,13 +116,13 @@ def test_search_recall_hand_computed(spark):
     assert search_recall(approx, exact) == pytest.approx(0.75)
 
 
-def test_popularity_candidates_skip_seen_and_cold_items(spark):
+def test_popularity_fallback_skips_seen_items(spark):
     features = spark.createDataFrame([(1, 1, 5), (2, 1, 7), (3, 1, 0), (4, 2, 1), (6, 1, 5)],
                                      "item_idx int, category_idx int, train_count long")
     pairs = spark.createDataFrame([(10, 1), (11, 1), (11, 2)], "user_idx int, category_idx int")
     exclude = spark.createDataFrame([(10, 2)], "user_idx int, item_idx int")
-    got = popularity_candidates(pairs, features, 2, exclude)
-    # category 1 by count: 2 (7), 1 and 6 (5, tie -> 1 first), 3 never (count 0)
+    got = rank_by_popularity(pairs, features, 2, exclude)
+    # category 1 by count: 2 (7), 1 and 6 (5, tie -> 1 first), then 3 (count 0: last, see test_ranking)
     expected = spark.createDataFrame([(10, 1, 1, 1, 5.0), (10, 1, 2, 6, 5.0), (11, 1, 1, 2, 7.0),
                                       (11, 1, 2, 1, 5.0), (11, 2, 1, 4, 1.0)], CAND_SCHEMA)
     assert_same_rows(got, expected)
@@ -133,18 +134,18 @@ def test_popularity_candidates_skip_seen_and_cold_items(spark):
     ({"k": 2, "search": "hnsw"}, ValueError, "unknown search 'hnsw'"),
     ({"k": 2, "block_size": 0}, ValueError, "batch.block_size"),
 ])
-def test_top_k_candidates_rejects_bad_arguments(spark, kwargs, error, match):
+def test_rank_by_vectors_rejects_bad_arguments(spark, kwargs, error, match):
     users, items = _frames(spark)
     with pytest.raises(error, match=match):
-        top_k_candidates(users, items, **kwargs)
+        rank_by_vectors(users, items, **kwargs)
 
 
-def test_top_k_candidates_names_missing_and_mistyped_columns(spark):
+def test_rank_by_vectors_names_missing_and_mistyped_columns(spark):
     users, items = _frames(spark)
-    with pytest.raises(ValueError, match=r"user vectors: missing columns \['vector'\]"):
-        top_k_candidates(users.drop("vector"), items, 2)
+    with pytest.raises(ValueError, match=r"user vectors: missing columns vector"):
+        rank_by_vectors(users.drop("vector"), items, 2)
     with pytest.raises(TypeError, match=r"item vectors: wrong column types: vector \(string"):
-        top_k_candidates(users, items.withColumn("vector", F.lit("x")), 2)
+        rank_by_vectors(users, items.withColumn("vector", F.lit("x")), 2)
 
 
 # ------------------------------------------------------------------------------ pairs and the job

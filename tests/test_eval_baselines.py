@@ -15,7 +15,8 @@ from xrec_spark.eval.baselines import (
     seen_before,
     tune_als,
 )
-from xrec_spark.eval.scoring import rank_by_vectors
+from xrec_spark.eval.metrics import system_rankings
+from xrec_spark.ranking.spark import rank_by_vectors
 from xrec_spark.tables import INTERACTIONS
 
 TS = datetime(2020, 1, 1)
@@ -35,7 +36,7 @@ def test_rank_by_vectors_full_ranking_exclusion_and_ties(spark):
     users = spark.createDataFrame([(1, 1, [1.0]), (2, 1, [-1.0]), (1, 2, [1.0])],
                                   "user_idx int, category_idx int, vector array<float>")
     seen = spark.createDataFrame([(1, 11), (2, 99)], "user_idx int, item_idx int")
-    got = rank_by_vectors(users, items, seen, 3, "s", block_size=1)
+    got = system_rankings(rank_by_vectors(users, items, 3, seen, block_size=1), "s")
     assert lists_of(got) == {
         ("s", 1, 1): [12, 10, 13],        # 11 was seen
         ("s", 2, 1): [13, 10, 11],        # -2 tie between 11 and 12: lower id first
@@ -50,7 +51,7 @@ def test_rank_by_vectors_rejects_mismatched_dimensions(spark):
     users = spark.createDataFrame([(1, 1, [1.0])], "user_idx int, category_idx int, vector array<float>")
     seen = spark.createDataFrame([], "user_idx int, item_idx int")
     with pytest.raises(Exception, match="user vectors have 1 dims, item vectors 2"):
-        rank_by_vectors(users, items, seen, 3, "s").collect()
+        system_rankings(rank_by_vectors(users, items, 3, seen), "s").collect()
 
 
 CATALOGUE = [  # item, category, train_count

@@ -13,7 +13,7 @@ from pyspark.sql import types as T
 from xrec_spark.eval import columns as C
 from xrec_spark.eval.bootstrap import summarize
 from xrec_spark.eval.metrics import coverage_and_popularity, group_metrics, ranked_lists, relevant_groups
-from xrec_spark.eval.ranking import rank_metrics
+from xrec_spark.eval.reference_metrics import rank_metrics
 from xrec_spark.tables import INTERACTIONS, SchemaMismatchError
 
 TS = datetime(2020, 1, 1)

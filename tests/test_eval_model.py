@@ -14,7 +14,7 @@ from xrec_spark.batch.lineage import model_run
 from xrec_spark.config import ModelConfig
 from xrec_spark.eval import columns as C
 from xrec_spark.eval.model_rankings import model_rankings
-from xrec_spark.eval.ranking import ranked_items
+from xrec_spark.ranking.dense import ranked_items
 from xrec_spark.model import CrossCategoryModel, ItemContent, ModelSizes, save_model
 
 MODEL = ModelConfig(embedding_dim=8, hidden_dim=8, hash_buckets=64, max_tokens=8, seed=11)

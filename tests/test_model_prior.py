@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from xrec_spark.config import LossKind, ModelConfig
-from xrec_spark.eval.ranking import top_k
+from xrec_spark.ranking.dense import top_k
 from xrec_spark.model.content import ItemContent
 from xrec_spark.model.losses import Catalogue, MultiTaskLoss
 from xrec_spark.model.towers import CrossCategoryModel, ModelSizes

@@ -3,7 +3,8 @@
 Pairs (:mod:`xrec_spark.batch.pairs`) with a user vector of the model get the top
 ``batch.top_k`` items of the category by inner product (``source = "model"``); pairs without
 one (users indexed after the export, users with no history and no id embedding) get the
-category's most popular training items (``source = "fallback"``). Items the user already
+category's most popular training items (``source = "fallback"``: the ``popularity_category``
+lists the evaluation measures, :mod:`xrec_spark.ranking.popularity`). Items the user already
 interacted with (any split) are left out when ``batch.exclude_seen``. The rows for the date
 replace any earlier rows of that date (``replaceWhere run_date = ...``): re-running a date is
 idempotent.
@@ -17,10 +18,11 @@ from datetime import date
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from xrec_spark.batch.candidates import popularity_candidates, top_k_candidates
 from xrec_spark.batch.lineage import latest_model_version, record_job, sql_string, utc_now
 from xrec_spark.batch.pairs import served_categories, serving_pairs
 from xrec_spark.config import JobConfig
+from xrec_spark.ranking.popularity import rank_by_popularity
+from xrec_spark.ranking.spark import rank_by_vectors
 from xrec_spark.tables import (
     CANDIDATES, CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, ITEM_EMBEDDINGS, ITEM_FEATURES, USER_CATEGORY_AFFINITY,
     USER_EMBEDDINGS, USER_INDEX, Lakehouse,
@@ -68,12 +70,12 @@ def candidate_rows(pairs: DataFrame, user_vectors: DataFrame | None, item_vector
         model = None
     else:
         model_pairs = user_vectors.join(pairs.select("user_idx", "category_idx"), ["user_idx", "category_idx"])
-        model = top_k_candidates(model_pairs, item_vectors, b.top_k, exclude, search=b.search,
-                                 block_size=b.block_size, faiss_nlist=b.faiss_nlist, faiss_nprobe=b.faiss_nprobe)
+        model = rank_by_vectors(model_pairs, item_vectors, b.top_k, exclude, search=b.search,
+                                block_size=b.block_size, faiss_nlist=b.faiss_nlist, faiss_nprobe=b.faiss_nprobe)
         model = model.withColumn("source", F.lit(MODEL))
         fallback_pairs = pairs.join(user_vectors.select("user_idx", "category_idx"),
                                     ["user_idx", "category_idx"], "left_anti")
-    fallback = (popularity_candidates(fallback_pairs, item_features, b.top_k, exclude, b.block_size)
+    fallback = (rank_by_popularity(fallback_pairs, item_features, b.top_k, exclude, b.block_size)
                 .withColumn("source", F.lit(FALLBACK)))
     return fallback if model is None else model.unionByName(fallback)
 

@@ -1,6 +1,8 @@
-"""Baselines on the same split, ranked by the same code as the model (:mod:`scoring`).
+"""Baselines on the same split, ranked by the same code as the model (:mod:`xrec_spark.ranking`).
 
-- ``popularity_category``: items of the category by train positives (most popular first).
+- ``popularity_category``: items of the category by train positives (most popular first; items
+  without train positives last), the very lists the candidates job serves as its fallback
+  (:mod:`xrec_spark.ranking.popularity`).
 - ``popularity_global``: one list over all items by train positives, ignoring the category;
   it shows what ignoring the category costs (items of other categories are never relevant).
 - ``als``: Spark ML ALS with ``implicitPrefs=True`` on the train positives, tuned by a staged
@@ -28,8 +30,9 @@ from pyspark.sql import functions as F
 from xrec_spark.config import EvalConfig
 from xrec_spark.eval import columns as C
 from xrec_spark.eval import ease as E
-from xrec_spark.eval.metrics import group_metrics, ranked_lists, relevant_groups, require_columns
-from xrec_spark.eval.scoring import VECTOR, constant_user_vectors, rank_by_vectors
+from xrec_spark.eval.metrics import group_metrics, ranked_lists, relevant_groups, system_rankings
+from xrec_spark.ranking.popularity import constant_user_vectors, popularity_vectors, rank_by_popularity
+from xrec_spark.ranking.spark import rank_by_vectors
 
 log = logging.getLogger(__name__)
 
@@ -54,26 +57,18 @@ def train_positives(interactions: DataFrame) -> DataFrame:
             .select(C.USER, C.ITEM).distinct())
 
 
-def popularity_items(item_features: DataFrame) -> DataFrame:
-    """item_idx, category_idx, vector = [train_count] for every indexed item (cold: [0])."""
-    require_columns(item_features, (C.ITEM, C.CATEGORY, "train_count"), "popularity_items")
-    return item_features.select(C.ITEM, C.CATEGORY,
-                                F.array(F.col("train_count").cast("float")).alias(VECTOR))
-
-
 def popularity_category(pairs: DataFrame, item_features: DataFrame, seen: DataFrame, k: int,
                         block_size: int) -> DataFrame:
     """Rankings of ``popularity_category`` for the (user_idx, category_idx) ``pairs``."""
-    return rank_by_vectors(constant_user_vectors(pairs), popularity_items(item_features), seen, k,
-                           POP_CATEGORY, block_size)
+    return system_rankings(rank_by_popularity(pairs, item_features, k, seen, block_size), POP_CATEGORY)
 
 
 def popularity_global(pairs: DataFrame, item_features: DataFrame, seen: DataFrame, k: int,
                       block_size: int) -> DataFrame:
     """Rankings of ``popularity_global``: one list per user, repeated for each of its pairs."""
-    users = pairs.select(C.USER).distinct().withColumn(C.CATEGORY, F.lit(_GLOBAL))
-    items = popularity_items(item_features).withColumn(C.CATEGORY, F.lit(_GLOBAL))
-    lists = rank_by_vectors(constant_user_vectors(users), items, seen, k, POP_GLOBAL, block_size)
+    users = constant_user_vectors(pairs.select(C.USER).distinct().withColumn(C.CATEGORY, F.lit(_GLOBAL)))
+    items = popularity_vectors(item_features).withColumn(C.CATEGORY, F.lit(_GLOBAL))
+    lists = system_rankings(rank_by_vectors(users, items, k, seen, block_size=block_size), POP_GLOBAL)
     return (lists.drop(C.CATEGORY).join(pairs.select(C.USER, C.CATEGORY).distinct(), C.USER)
             .select(C.SYSTEM, C.USER, C.CATEGORY, C.RANK, C.ITEM, C.SCORE))
 
@@ -107,8 +102,8 @@ def fit_als(positives: DataFrame, params: AlsParams, max_iter: int, seed: int) -
               maxIter=max_iter, seed=seed, userCol=C.USER, itemCol=C.ITEM, ratingCol="_r",
               nonnegative=False, coldStartStrategy="drop", numUserBlocks=blocks, numItemBlocks=blocks)
     model = als.fit(positives.select(C.USER, C.ITEM, F.lit(1.0).cast("float").alias("_r")))
-    users = model.userFactors.select(F.col("id").cast("int").alias(C.USER), F.col("features").alias(VECTOR))
-    items = model.itemFactors.select(F.col("id").cast("int").alias(C.ITEM), F.col("features").alias(VECTOR))
+    users = model.userFactors.select(F.col("id").cast("int").alias(C.USER), F.col("features").alias(C.VECTOR))
+    items = model.itemFactors.select(F.col("id").cast("int").alias(C.ITEM), F.col("features").alias(C.VECTOR))
     return AlsFactors(params, users, items)
 
 
@@ -121,7 +116,7 @@ def als_rankings(factors: AlsFactors, pairs: DataFrame, item_features: DataFrame
     """
     users = pairs.select(C.USER, C.CATEGORY).distinct().join(factors.users, C.USER)
     items = factors.items.join(item_features.select(C.ITEM, C.CATEGORY), C.ITEM)
-    return rank_by_vectors(users, items, seen, k, system, block_size)
+    return system_rankings(rank_by_vectors(users, items, k, seen, block_size=block_size), system)
 
 
 def valid_ndcg(rankings: DataFrame, groups: DataFrame, k: int) -> tuple[float, int]:

@@ -10,7 +10,7 @@ different categories carry over to a category the user never touched)::
 Score of a (user, category) pair: ``x_u · B`` over the category's items inside the N; the
 category's items outside the N rank below every one of them, by train popularity
 (``train_count``, then lower item_idx). Seen items are excluded and ties go to the lower
-item_idx, exactly as :func:`xrec_spark.eval.scoring.rank_by_vectors` ranks the other systems.
+item_idx, exactly as :func:`xrec_spark.ranking.spark.rank_by_vectors` ranks the other systems.
 Users with no train positive among the N items have ``x_u = 0`` and get no list (like ALS for
 users without factors: their groups score 0).
 
@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
+from xrec_spark.checks import check_columns
 from xrec_spark.eval import columns as C
-from xrec_spark.eval.metrics import require_columns
-from xrec_spark.eval.ranking import ndcg_at_k, top_k
-from xrec_spark.eval.scoring import RANKINGS_SCHEMA
+from xrec_spark.eval.metrics import system_rankings
+from xrec_spark.eval.reference_metrics import ndcg_at_k
+from xrec_spark.ranking.dense import top_k
+from xrec_spark.ranking.spark import RANKED_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def gram_matrix(user_rows: dict[int, np.ndarray], n_items: int) -> np.ndarray:
 
 def collect_ease_data(positives: DataFrame, item_features: DataFrame, n_items: int) -> EaseData:
     """Collect train positives (user_idx, item_idx) and the catalogue; build X's rows and XᵀX."""
-    require_columns(item_features, (C.ITEM, C.CATEGORY, "train_count"), "EASE item features")
+    check_columns(item_features, "EASE item features", (C.ITEM, C.CATEGORY, "train_count"))
     catalogue = item_features.select(C.ITEM, C.CATEGORY, "train_count").toPandas()
     items = top_items(catalogue, n_items)
     column = pd.Series(np.arange(len(items), dtype=np.int64), index=items)
@@ -134,7 +135,7 @@ def _categories(data: EaseData) -> dict[int, _Category]:
 
 def rank_pairs(data: EaseData, weights: np.ndarray, pairs: pd.DataFrame, seen: dict[int, set[int]],
                k: int) -> pd.DataFrame:
-    """Top-k per (user_idx, category_idx) row of ``pairs``, in RANKINGS_SCHEMA columns.
+    """Top-k per (user_idx, category_idx) row of ``pairs``, in RANKED_SCHEMA columns.
 
     Outside-N items carry score ``lowest inside score − 1 − position`` so that the score column
     orders like the rank column.
@@ -153,7 +154,7 @@ def rank_pairs(data: EaseData, weights: np.ndarray, pairs: pd.DataFrame, seen: d
             out.append(_block_lists(block, int(cat), scores, info, seen, k))
     if not out:
         return pd.DataFrame({f.name: pd.Series(dtype="float64" if f.name == C.SCORE else "int32")
-                             for f in RANKINGS_SCHEMA.fields})
+                             for f in RANKED_SCHEMA.fields})
     return pd.concat(out, ignore_index=True)
 
 
@@ -216,11 +217,10 @@ def seen_by_user(seen: DataFrame, users: DataFrame) -> dict[int, set[int]]:
 def ease_rankings(spark: SparkSession, data: EaseData, weights: np.ndarray, pairs: DataFrame,
                   seen: DataFrame, k: int, system: str = EASE_NAME) -> DataFrame:
     """Rankings DataFrame (system, user_idx, category_idx, rank, item_idx, score) of ``pairs``."""
-    require_columns(pairs, (C.USER, C.CATEGORY), "EASE pairs")
+    check_columns(pairs, "EASE pairs", (C.USER, C.CATEGORY))
     local_pairs = pairs.select(C.USER, C.CATEGORY).distinct().toPandas()
     lists = rank_pairs(data, weights, local_pairs, seen_by_user(seen, pairs), k)
-    df = spark.createDataFrame(lists[RANKINGS_SCHEMA.names], RANKINGS_SCHEMA)
-    return df.select(F.lit(system).alias(C.SYSTEM), *RANKINGS_SCHEMA.names)
+    return system_rankings(spark.createDataFrame(lists[RANKED_SCHEMA.names], RANKED_SCHEMA), system)
 
 
 def peak_rss_gib() -> float:

@@ -1,4 +1,4 @@
-"""Distributed ranking metrics: per-group values in Spark, the same definitions as ``ranking.py``.
+"""Distributed ranking metrics: per-group values in Spark, the definitions of ``reference_metrics.py``.
 
 Evaluation groups. A group is ``(user_idx, category_idx, slice)``: the user's held-out positives
 of one category in one split, restricted to one slice. The features job gives every held-out
@@ -20,18 +20,18 @@ from typing import Sequence
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from xrec_spark.checks import check_columns
 from xrec_spark.eval import columns as C
-from xrec_spark.tables import SchemaMismatchError
+from xrec_spark.ranking.spark import RANKED_COLUMNS
 
 RANKINGS_COLUMNS = (C.SYSTEM, C.USER, C.CATEGORY, C.RANK, C.ITEM)
 
 
-def require_columns(df: DataFrame, required: Sequence[str], where: str) -> None:
-    """Raise :class:`SchemaMismatchError` naming the columns of ``required`` missing from ``df``."""
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise SchemaMismatchError(f"{where}: missing columns {', '.join(missing)} "
-                                  f"(has {', '.join(df.columns)})")
+def system_rankings(ranked: DataFrame, system: str) -> DataFrame:
+    """``ranked`` (user_idx, category_idx, rank, item_idx, score: the output of
+    :func:`xrec_spark.ranking.spark.rank_by_vectors`) as the rankings of ``system``:
+    system, user_idx, category_idx, rank, item_idx, score."""
+    return ranked.select(F.lit(system).alias(C.SYSTEM), *RANKED_COLUMNS)
 
 
 def relevant_groups(interactions: DataFrame, split: str, with_all: bool = True) -> DataFrame:
@@ -41,7 +41,7 @@ def relevant_groups(interactions: DataFrame, split: str, with_all: bool = True) 
     Out: user_idx, category_idx, slice, relevant array<int> (distinct, sorted), n_relevant int.
     With ``with_all`` each (user, category) also gets one group of slice ``all``.
     """
-    require_columns(interactions, (C.USER, C.ITEM, C.CATEGORY, C.LABEL, C.SPLIT, C.SLICE), "relevant_groups")
+    check_columns(interactions, "relevant_groups", (C.USER, C.ITEM, C.CATEGORY, C.LABEL, C.SPLIT, C.SLICE))
     if split not in (C.VALID, C.TEST):
         raise ValueError(f"eval split must be {C.VALID!r} or {C.TEST!r}; got {split!r}")
     positives = interactions.where((F.col(C.SPLIT) == split) & (F.col(C.LABEL) == 1))
@@ -61,7 +61,7 @@ def ranked_lists(rankings: DataFrame) -> DataFrame:
     In: system, user_idx, category_idx, rank, item_idx (gold.candidates-like; other columns ignored).
     Out: system, user_idx, category_idx, ranked array<int>.
     """
-    require_columns(rankings, RANKINGS_COLUMNS, "ranked_lists")
+    check_columns(rankings, "ranked_lists", RANKINGS_COLUMNS)
     pairs = F.array_sort(F.collect_list(F.struct(F.col(C.RANK).alias("r"), F.col(C.ITEM).cast("int").alias("i"))))
     return (rankings.groupBy(C.SYSTEM, C.USER, C.CATEGORY)
             .agg(pairs.alias("_pairs"))
@@ -132,8 +132,8 @@ def coverage_and_popularity(rankings: DataFrame, pairs: DataFrame, catalogue: Da
     rows of system ``catalogue`` with ``catalogue_mean_log_popularity`` (the unbiased reference;
     groups = catalogue items). One aggregation per level, every k as conditional aggregates.
     """
-    require_columns(rankings, RANKINGS_COLUMNS, "coverage_and_popularity rankings")
-    require_columns(catalogue, (C.ITEM, C.CATEGORY, "train_count"), "coverage_and_popularity catalogue")
+    check_columns(rankings, "coverage_and_popularity rankings", RANKINGS_COLUMNS)
+    check_columns(catalogue, "coverage_and_popularity catalogue", (C.ITEM, C.CATEGORY, "train_count"))
     items = catalogue.select(C.ITEM, F.col(C.CATEGORY).alias("_item_category"),
                              F.log1p(F.col("train_count").cast("double")).alias("_logpop"))
     recs = (rankings.join(pairs.select(C.USER, C.CATEGORY).distinct(), [C.USER, C.CATEGORY], "left_semi")

@@ -7,8 +7,8 @@ the checkpoint recorded in gold.runs with the export's own inference code
 The export bounds users to a few categories each, so cross-category evaluation pairs are
 typically computed here. Both paths give the same vectors (same checkpoint, same code).
 
-Ranking is :func:`xrec_spark.eval.scoring.rank_by_vectors`: all items of the category, seen
-items excluded, ties by lower item_idx, exactly like every baseline.
+Ranking is :func:`xrec_spark.ranking.spark.rank_by_vectors`: all items of the category, seen
+items excluded, ties by lower item_idx, exactly like every baseline and the candidates job.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from xrec_spark.batch.export import (
 from xrec_spark.batch.lineage import ModelRun
 from xrec_spark.config import JobConfig
 from xrec_spark.eval import columns as C
-from xrec_spark.eval.scoring import VECTOR, rank_by_vectors
+from xrec_spark.eval.metrics import system_rankings
+from xrec_spark.ranking.spark import rank_by_vectors
 from xrec_spark.tables import ITEM_EMBEDDINGS, ITEM_FEATURES, USER_EMBEDDINGS, USER_HISTORY, Lakehouse
 
 log = logging.getLogger(__name__)
@@ -87,11 +88,11 @@ def model_rankings(lake: Lakehouse, cfg: JobConfig, run: ModelRun, pairs: DataFr
         log.info("model %s: no exported item vectors, computing them from the checkpoint", run.model_version)
         features = lake.read(ITEM_FEATURES)
         items = item_embedding_rows(features, lazy.get(), run.model_version, batch)
-    items = items.select(C.ITEM, C.CATEGORY, VECTOR)
+    items = items.select(C.ITEM, C.CATEGORY, C.VECTOR)
 
     exported_users = _exported(lake, USER_EMBEDDINGS, run.model_version)
     if exported_users is not None:
-        have = pairs.join(exported_users.select(C.USER, C.CATEGORY, VECTOR), [C.USER, C.CATEGORY])
+        have = pairs.join(exported_users.select(C.USER, C.CATEGORY, C.VECTOR), [C.USER, C.CATEGORY])
         missing = pairs.join(have.select(C.USER, C.CATEGORY), [C.USER, C.CATEGORY], "left_anti")
     else:
         have, missing = None, pairs
@@ -100,10 +101,10 @@ def model_rankings(lake: Lakehouse, cfg: JobConfig, run: ModelRun, pairs: DataFr
     if n_missing:
         history = lake.read(USER_HISTORY).select(C.USER, "history")
         computed = user_embedding_rows(missing.join(history, C.USER, "left"), lazy.get(), run.model_version,
-                                       batch, cfg.features.history_length).select(C.USER, C.CATEGORY, VECTOR)
+                                       batch, cfg.features.history_length).select(C.USER, C.CATEGORY, C.VECTOR)
         users = computed if users is None else users.unionByName(computed)
     if users is None:  # no pairs at all
-        users = pairs.select(C.USER, C.CATEGORY, F.array().cast("array<float>").alias(VECTOR)).limit(0)
+        users = pairs.select(C.USER, C.CATEGORY, F.array().cast("array<float>").alias(C.VECTOR)).limit(0)
     counts = {"computed_user_pairs": int(n_missing), "exported_item_vectors": int(bool(exported_items))}
-    rankings = rank_by_vectors(users, items, seen, k, system, cfg.eval.block_size)
+    rankings = system_rankings(rank_by_vectors(users, items, k, seen, block_size=cfg.eval.block_size), system)
     return rankings, counts, lazy

@@ -19,7 +19,8 @@ import pandas as pd
 import torch
 
 from xrec_spark.eval.columns import COLD_USER, CROSS_CATEGORY, WARM
-from xrec_spark.eval.ranking import ndcg_at_k, ranked_items
+from xrec_spark.eval.reference_metrics import ndcg_at_k
+from xrec_spark.ranking.dense import ranked_items
 
 if TYPE_CHECKING:
     from xrec_spark.config import JobConfig

@@ -1,7 +1,8 @@
 """Reference ranking metrics in pure numpy (no pyspark, no torch): the definitions of record.
 
 The Spark evaluation (:mod:`xrec_spark.eval.metrics`) and training's early stopping compute the
-same numbers; tests check them against these functions.
+same numbers; tests check them against these functions. The rankings they score come from
+:mod:`xrec_spark.ranking` (:func:`xrec_spark.ranking.dense.ranked_items` for a score matrix).
 
 Inputs of every metric function (one signature family ``f(ranked, relevant, k)``):
 
@@ -23,9 +24,6 @@ Definitions (rank r is 1-based, hits(k) = relevant items among the first k):
 - HR@k     = 1 if hits(k) > 0 else 0
 - NDCG@k   = sum_{hit at r <= k} 1/log2(r+1)  /  sum_{r=1}^{min(|relevant|, k)} 1/log2(r+1)
 - MRR@k    = 1 / (rank of the first hit) if it is <= k else 0   (``k=None``: the whole list)
-
-Tie rule of :func:`top_k`: equal scores are ordered by the lower column index first (a stable
-sort by descending score), so rankings are deterministic and identical across implementations.
 """
 
 from __future__ import annotations
@@ -35,6 +33,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from xrec_spark.eval.columns import HIT_RATE, MRR, NDCG, RANK_METRICS, RECALL
+from xrec_spark.ranking.dense import check_k
 
 METRIC_NAMES: tuple[str, ...] = RANK_METRICS
 
@@ -53,10 +52,7 @@ def _check_ranked(ranked: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
 def _check_k(k: int | None, allow_none: bool = False) -> None:
     if k is None and allow_none:
         return
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
-        raise TypeError(f"k must be an int; got {type(k).__name__} {k!r}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1; got {k}")
+    check_k(k)  # type: ignore[arg-type]
 
 
 def hit_matrix(ranked: np.ndarray, relevant: Sequence[Iterable[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -179,54 +175,3 @@ def mean_over_groups(values: Mapping[str, np.ndarray]) -> dict[str, tuple[float,
         n = int(defined.sum())
         out[name] = (float(v[defined].mean()) if n else float("nan"), n)
     return out
-
-
-def top_k(scores: np.ndarray, k: int, exclude_mask: np.ndarray | None = None) -> np.ndarray:
-    """Column indices of the k best scores per row, best first: int64 ``[G, min(k, N)]``.
-
-    Ties: lower column index first. Excluded columns (``exclude_mask`` True, e.g. the user's
-    train items or the padding column 0), NaN and -inf scores are never returned; a row with
-    fewer than k eligible columns is filled with ``-1`` after its eligible ones.
-    Cost O(G*N) selection plus O(G*k log k) sorting, so it suits large catalogues.
-    """
-    _check_k(k)
-    s = np.asarray(scores, dtype=np.float64)
-    if s.ndim != 2:
-        raise ValueError(f"scores must be 2-D [groups, items]; got shape {s.shape}")
-    if exclude_mask is not None:
-        mask = np.asarray(exclude_mask, dtype=bool)
-        if mask.shape != s.shape:
-            raise ValueError(f"exclude_mask shape {mask.shape} differs from scores shape {s.shape}")
-        s = np.where(mask, -np.inf, s)
-    s = np.where(np.isnan(s), -np.inf, s)
-    groups, n = s.shape
-    kk = min(k, n)
-    if groups == 0 or kk == 0:
-        return np.zeros((groups, kk), dtype=np.int64)
-    # Threshold = k-th largest score per row; take everything above it, then the lowest-index
-    # columns equal to it until k are taken (this is what makes ties deterministic).
-    kth = -np.partition(-s, kk - 1, axis=1)[:, kk - 1]
-    above = s > kth[:, None]
-    equal = s == kth[:, None]
-    need = kk - above.sum(axis=1)
-    chosen = above | (equal & (np.cumsum(equal, axis=1) <= need[:, None]))
-    cols = np.nonzero(chosen)[1].reshape(groups, kk)          # ascending column order per row
-    vals = np.take_along_axis(s, cols, axis=1)
-    order = np.argsort(-vals, axis=1, kind="stable")           # stable: ties keep index order
-    cols = np.take_along_axis(cols, order, axis=1)
-    vals = np.take_along_axis(vals, order, axis=1)
-    return np.where(np.isneginf(vals), -1, cols)
-
-
-def ranked_items(scores: np.ndarray, item_ids: np.ndarray, k: int,
-                 exclude_mask: np.ndarray | None = None) -> np.ndarray:
-    """:func:`top_k` mapped to item ids (column j is item ``item_ids[j]``), 0 where no item.
-
-    Returns int64 ``[G, min(k, N)]``, directly usable as ``ranked`` by the metric functions.
-    """
-    ids = np.asarray(item_ids, dtype=np.int64)
-    if ids.ndim != 1 or ids.shape[0] != np.shape(scores)[-1]:
-        raise ValueError(f"item_ids must be 1-D with one id per score column ({np.shape(scores)[-1]}); "
-                         f"got shape {ids.shape}")
-    cols = top_k(scores, k, exclude_mask)
-    return np.where(cols >= 0, ids[np.maximum(cols, 0)], 0)

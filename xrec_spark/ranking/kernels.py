@@ -1,17 +1,22 @@
-"""Maximum-inner-product search kernels for one category: numpy + faiss, no Spark.
+"""Maximum-inner-product search of one category's items: numpy + faiss, no Spark.
 
-These run inside Spark's Python workers (``candidates.py`` ships them through ``mapInPandas``)
-and in plain processes (benchmarks, tests). A :class:`Catalogue` holds one category's item
-matrix; :func:`top_k` answers a block of user vectors against it, exactly or through a faiss
-IVF index, with per-user excluded items removed.
+These run inside Spark's Python workers (:mod:`xrec_spark.ranking.spark` ships them through
+``mapInPandas``) and in plain processes (benchmarks, tests). A :class:`Catalogue` holds one
+category's item matrix; :func:`top_k` answers a block of user vectors against it, exactly or
+through a faiss IVF index, with per-user excluded items removed.
 
-Why faiss's flat kernel for the exact search rather than ``numpy`` matmul + ``argpartition``:
-it is the same blocked GEMM (BLAS ``sgemm`` over 4096-query x 1024-item tiles) but it selects
-the top K with a heap while each tile is still in cache. Measured on the 2-core development
-machine, one thread, 256 users x 100k items x 64 dims: ``U @ X.T`` alone 430-470 M scores/s,
-plus ``np.argpartition`` 40 M/s (selection costs ~10x the product), plus ``torch.topk``
-~250 M/s, ``faiss.knn`` (product and selection) ~400 M/s. Results are exact either way; the
-tests check them against a brute-force numpy reference.
+Why faiss's flat kernel for the exact search rather than ``U @ X.T`` + ``np.argpartition``: it
+is the same blocked GEMM, but it keeps the top K in a heap while each tile of scores is still in
+cache, where a separate selection pass over the score matrix costs several times the product
+(the measurements are in BENCHMARKS.md, section Candidates; ``bench/candidates.py`` reruns them).
+
+faiss keeps equal scores in the order it meets them, also at the K-th place, so the exact search
+asks for one result more than it needs: when a kept item's score equals the smallest score
+returned, an item faiss did not return may tie with it, and that row is ranked again from its
+full score row by :func:`xrec_spark.ranking.dense.top_k` (ties: lower item_idx). Rows of trained
+embeddings almost never tie; popularity (one dimension, many equal counts) often does, and then
+costs what a dense ranking costs. Results are exact either way; the tests check them against a
+brute-force numpy reference.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+from xrec_spark.ranking import dense
 
 try:  # faiss-cpu is a declared dependency; the import error is re-raised with advice below.
     import faiss
@@ -35,6 +42,10 @@ MIN_POINTS_PER_LIST = 39
 MIN_LISTS = 4
 # Seed of faiss's k-means (IVF training): same catalogue, same index, same candidates.
 IVF_SEED = 1234
+# Scores held at once when rows are re-ranked densely (float32: 16 MiB, plus top_k's copies).
+_DENSE_CELLS = 1 << 22
+
+Hits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]   # (row, rank, item_idx, score), flat
 
 
 def _require_faiss() -> None:
@@ -130,9 +141,14 @@ def load_index(catalogue: Catalogue) -> object | None:
     return index
 
 
+def _no_hits() -> Hits:
+    empty = np.zeros(0, dtype=np.int64)
+    return empty, empty.astype(np.int32), empty.astype(np.int32), np.zeros(0, dtype=np.float32)
+
+
 def top_k(catalogue: Catalogue, queries: np.ndarray, k: int,
           exclude: Sequence[np.ndarray | None] | None = None, block_size: int = 4096,
-          index: object | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+          index: object | None = None) -> Hits:
     """Top ``k`` items of the catalogue by inner product for each query row.
 
     queries: float32 [b, d]; exclude: b arrays of item_idx to leave out (None = none);
@@ -143,8 +159,9 @@ def top_k(catalogue: Catalogue, queries: np.ndarray, k: int,
     """
     q = np.ascontiguousarray(queries, dtype=np.float32)
     if q.ndim != 2 or q.shape[1] != catalogue.dim:
-        raise ValueError(f"category {catalogue.category_idx}: user vectors have shape {q.shape}, "
-                         f"items have dimension {catalogue.dim}; export users and items with one model")
+        dims = q.shape[1] if q.ndim == 2 else q.shape
+        raise ValueError(f"category {catalogue.category_idx}: user vectors have {dims} dims, item vectors "
+                         f"{catalogue.dim}; export users and items with one model")
     n_ex = np.zeros(q.shape[0], dtype=np.int64)
     if exclude is not None:
         n_ex = np.fromiter((0 if e is None else len(e) for e in exclude), dtype=np.int64, count=q.shape[0])
@@ -156,20 +173,20 @@ def top_k(catalogue: Catalogue, queries: np.ndarray, k: int,
         parts.append(_top_k_block(catalogue, index, q[rows], rows, k,
                                   None if exclude is None else [exclude[r] for r in rows], int(n_ex[rows].max())))
     if not parts:
-        empty_i = np.zeros(0, dtype=np.int64)
-        return empty_i, empty_i.astype(np.int32), empty_i.astype(np.int32), np.zeros(0, dtype=np.float32)
+        return _no_hits()
     row, rank, item, score = (np.concatenate(p) for p in zip(*parts))
     by_row = np.argsort(row, kind="stable")
     return row[by_row], rank[by_row], item[by_row], score[by_row]
 
 
 def _top_k_block(catalogue: Catalogue, index: object | None, q: np.ndarray, rows: np.ndarray, k: int,
-                 exclude: list[np.ndarray | None] | None, most_excluded: int):
-    # Ask for k + (largest exclusion list in the block) so that k survive the filter.
-    k_eff = min(catalogue.size, k + most_excluded)
+                 exclude: list[np.ndarray | None] | None, most_excluded: int) -> Hits:
+    exact = index is None
+    # Ask for k + (largest exclusion list in the block) so that k survive the filter; an exact
+    # search one more, to see whether a tie crosses the cut (module doc).
+    k_eff = min(catalogue.size, k + most_excluded + int(exact))
     if k_eff == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty.astype(np.int32), empty.astype(np.int32), np.zeros(0, dtype=np.float32)
+        return _no_hits()
     scores, pos = _search(catalogue, index, q, k_eff)
     items = np.where(pos >= 0, catalogue.item_idx[np.clip(pos, 0, None)], 0).astype(np.int64)
     keep = pos >= 0
@@ -179,11 +196,54 @@ def _top_k_block(catalogue: Catalogue, index: object | None, q: np.ndarray, rows
     order = np.lexsort((items, -scores.astype(np.float64)), axis=-1)
     items = np.take_along_axis(items, order, axis=1)
     scores = np.take_along_axis(scores, order, axis=1)
+    found = np.take_along_axis(pos >= 0, order, axis=1)
     keep = np.take_along_axis(keep, order, axis=1)
     rank = np.cumsum(keep, axis=1)
     keep &= rank <= k
+    redo = np.zeros(len(rows), dtype=bool)
+    if exact and k_eff < catalogue.size:
+        # Everything not returned scores <= the smallest returned score: a kept item equal to it
+        # may lose its place to an unreturned item with a lower item_idx.
+        redo = found.all(axis=1) & (keep & (scores == scores[:, -1:])).any(axis=1)
+    keep[redo] = False
     r, c = np.nonzero(keep)
-    return rows[r].astype(np.int64), rank[r, c].astype(np.int32), items[r, c].astype(np.int32), scores[r, c]
+    hits = (rows[r].astype(np.int64), rank[r, c].astype(np.int32), items[r, c].astype(np.int32), scores[r, c])
+    if not redo.any():
+        return hits
+    again = np.flatnonzero(redo)
+    ranked = _dense_top_k(catalogue, q[again], rows[again], k, None if exclude is None else [exclude[i] for i in again])
+    return tuple(np.concatenate(pair) for pair in zip(hits, ranked))  # type: ignore[return-value]
+
+
+def _dense_top_k(catalogue: Catalogue, q: np.ndarray, rows: np.ndarray, k: int,
+                 exclude: list[np.ndarray | None] | None) -> Hits:
+    """The rows' top ``k`` from their full score rows (every item scored), ties by item_idx."""
+    step = max(1, _DENSE_CELLS // max(1, catalogue.size))
+    parts = []
+    for start in range(0, len(rows), step):
+        stop = min(len(rows), start + step)
+        scores = q[start:stop] @ catalogue.matrix.T                        # float32 [b, n]
+        mask = None if exclude is None else _excluded_columns(catalogue.item_idx, exclude[start:stop])
+        cols = dense.top_k(scores, k, mask)                                 # [b, <=k], -1 = none
+        r, c = np.nonzero(cols >= 0)
+        picked = cols[r, c]
+        parts.append((rows[start:stop][r].astype(np.int64), (c + 1).astype(np.int32),
+                      catalogue.item_idx[picked].astype(np.int32), scores[r, picked]))
+    return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
+
+
+def _excluded_columns(item_idx: np.ndarray, exclude: list[np.ndarray | None]) -> np.ndarray:
+    """bool [b, n]: column j of row r is an item of exclude[r] (``item_idx`` ascending)."""
+    mask = np.zeros((len(exclude), item_idx.size), dtype=bool)
+    for r, e in enumerate(exclude):
+        if e is None or not len(e):
+            continue
+        wanted = np.asarray(e, dtype=np.int64)
+        cols = np.searchsorted(item_idx, wanted)
+        inside = cols < item_idx.size
+        cols, wanted = cols[inside], wanted[inside]
+        mask[r, cols[item_idx[cols] == wanted]] = True
+    return mask
 
 
 def _excluded_mask(items: np.ndarray, exclude: list[np.ndarray | None]) -> np.ndarray:
