@@ -6,6 +6,8 @@ count); the paired difference model − baseline per slice with its 95% bootstra
 verdict that calls it a win / loss only when that interval excludes 0;
 coverage and popularity bias; per-category NDCG@10 bars; the category-transfer heatmap; and
 the training curve (from the run's result file or its MLflow run, when either exists).
+The page's text and layout are the Jinja2 template ``templates/report.md.j2``; this module
+computes what goes into it.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+import jinja2
 import pandas as pd
 from pyspark.sql import functions as F
 
@@ -33,6 +36,7 @@ SLICE_ORDER = (C.WARM, C.CROSS_CATEGORY, C.COLD_USER, C.COLD_ITEM, C.ALL)
 # Below this many groups a bootstrap interval says little: no verdict is given.
 MIN_GROUPS_FOR_VERDICT = 20
 MODEL_SYSTEMS = ("model",)
+REPORT_TEMPLATE = "report.md.j2"   # in xrec_spark/eval/templates/, shipped as package data
 
 
 @dataclass(frozen=True)
@@ -314,93 +318,55 @@ def build_report(lake: Lakehouse, cfg: JobConfig) -> ReportResult:
     return ReportResult(out / "index.md", eval_id, figures)
 
 
+def _text(v: Any) -> str:
+    return "-" if pd.isna(v) else str(v)
+
+
+def _utc_minute(v: Any) -> str:
+    return "-" if pd.isna(v) else pd.Timestamp(v).strftime("%Y-%m-%d %H:%M")
+
+
+def _data_context(facts: pd.DataFrame, versions: dict[str, int], cutoffs: tuple[str, str] | None) -> dict[str, Any]:
+    """The template's Data section: input versions, split cutoffs, one table row per split."""
+    rows = [f"| {s} | {_text(r['rows'])} | {_text(r['positives'])} | {_text(r['users'])} | {_text(r['items'])} | "
+            f"{_utc_minute(r['first'])} | {_utc_minute(r['last'])} |" for s, r in facts.iterrows()]
+    split_line = (f"Split (whole UTC days): train < {cutoffs[0]} <= valid < {cutoffs[1]} <= test."
+                  if cutoffs else "Split cutoffs: not recorded (see the first/last columns).")
+    return {"versions": [f"{t} v{v}" for t, v in sorted(versions.items())], "split_line": split_line,
+            "data_rows": rows}
+
+
+def _results_context(metrics: pd.DataFrame, k: int, split: str) -> dict[str, Any]:
+    """The template's result tables and the baseline tuning points."""
+    grid = metrics[metrics[C.SYSTEM].map(is_tuning_row)]
+    points = sorted(grid.itertuples(index=False), key=lambda r: (getattr(r, C.SYSTEM).split("[")[0], -getattr(r, C.VALUE)))
+    grid_lines = [f"- {getattr(r, C.SYSTEM)}: valid NDCG@{int(getattr(r, C.K))} = {getattr(r, C.VALUE):.4f}"
+                  for r in points] or ["- (no tuned baseline run)"]
+    return {"ndcg_table": summary_table(metrics, C.NDCG, k, split),
+            "recall_table": summary_table(metrics, C.RECALL, k, split),
+            "verdicts": verdicts(metrics, C.NDCG, k, split),
+            "paired_table": paired_table(metrics, C.NDCG, k, split),
+            "macro_table": summary_table(metrics, C.NDCG, k, split, C.MACRO),
+            "coverage_table": coverage_table(metrics, k), "grid_lines": grid_lines}
+
+
+def render_markdown(context: Mapping[str, Any]) -> str:
+    """``report/index.md`` from the package's template ``templates/report.md.j2`` and ``context``
+    (every name the template uses; a missing one raises ``jinja2.UndefinedError``)."""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("xrec_spark.eval", "templates"),
+                             # Markdown, not HTML: a table cell must come out as written.
+                             autoescape=False, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    return env.get_template(REPORT_TEMPLATE).render(context)
+
+
 def _markdown(eval_id: str, split: str, k: int, metrics: pd.DataFrame, facts: pd.DataFrame,
               versions: dict[str, int], models: dict[str, str], params: dict[str, Any], seeds: str,
               figures: list[Path], transfer_note: str, curve_note: str,
               cutoffs: tuple[str, str] | None = None, bar_notes: list[str] | None = None) -> str:
-    fmt = lambda v: "-" if pd.isna(v) else str(v)  # noqa: E731
-    when = lambda v: "-" if pd.isna(v) else pd.Timestamp(v).strftime("%Y-%m-%d %H:%M")  # noqa: E731
-    data_rows = "\n".join(
-        f"| {s} | {fmt(r['rows'])} | {fmt(r['positives'])} | {fmt(r['users'])} | {fmt(r['items'])} | "
-        f"{when(r['first'])} | {when(r['last'])} |" for s, r in facts.iterrows())
-    split_line = (f"Split (whole UTC days): train < {cutoffs[0]} <= valid < {cutoffs[1]} <= test."
-                  if cutoffs else "Split cutoffs: not recorded (see the first/last columns).")
-    grid = metrics[metrics[C.SYSTEM].map(is_tuning_row)]
-    points = sorted(grid.itertuples(index=False), key=lambda r: (getattr(r, C.SYSTEM).split("[")[0], -getattr(r, C.VALUE)))
-    grid_text = "\n".join(f"- {getattr(r, C.SYSTEM)}: valid NDCG@{int(getattr(r, C.K))} = {getattr(r, C.VALUE):.4f}"
-                          for r in points) or "- (no tuned baseline run)"
     bars = "\n\n".join([*(bar_notes or []), *(f"![{p.stem}]({p.name})" for p in figures
                                                   if p.name.startswith("ndcg"))])
-    model_lines = "\n".join(f"- {s}: model_version `{v}`" for s, v in models.items()) or "- none (baselines only)"
-    return f"""# Evaluation report
-
-eval_id `{eval_id}`, split **{split}**. Full ranking over all items of the target category
-(items the user interacted with before the {split} period excluded; ties broken by lower item
-index); a group is a (user, category, slice) with its held-out positives, slice `all` is the
-(user, category) with all of them. Intervals: 95% bootstrap (stratified by category, paired
-across systems). Model vs baseline is judged by the paired difference per group: a win or a loss
-only when the 95% bootstrap interval of the difference excludes 0.
-
-## Data
-
-Input table versions: {", ".join(f"{t} v{v}" for t, v in sorted(versions.items()))}
-
-{split_line}
-
-| split | rows | positives | users | items | first event (UTC) | last event (UTC) |
-|---|---|---|---|---|---|---|
-{data_rows}
-
-Seeds: {seeds}
-
-Models:
-{model_lines}
-{f"- run `{params.get('run_id')}`, checkpoint `{params.get('checkpoint_path')}`, finished {params.get('finished_at')}" if params else ""}
-
-## Summary: NDCG@{k} per slice (all categories, micro mean over groups)
-
-Slices of a held-out positive, first match wins: `cold_item` (the item has no train
-interaction), `cold_user` (the user has none), `warm` (the user has one in this category),
-`cross_category` (the user has train interactions only in other categories). Cells: value
-[95% interval] (n = groups). ALS has no factors for users or items without train positives, so
-its `cold_user` and `cold_item` values are 0 by construction; `popularity_global` ranks one list
-for every category.
-
-{summary_table(metrics, C.NDCG, k, split)}
-
-## Summary: Recall@{k} per slice
-
-{summary_table(metrics, C.RECALL, k, split)}
-
-## Model vs best baseline (NDCG@{k}, paired difference)
-
-{verdicts(metrics, C.NDCG, k, split)}
-
-## Model − each baseline (NDCG@{k}, paired difference [95% CI], verdict)
-
-{paired_table(metrics, C.NDCG, k, split)}
-
-## Macro average over categories (NDCG@{k})
-
-{summary_table(metrics, C.NDCG, k, split, C.MACRO)}
-
-## Coverage and popularity bias (top-{k}, evaluated pairs)
-
-{coverage_table(metrics, k)}
-
-## Per-category NDCG@{k}
-
-{bars or "_no per-category rows_"}
-
-## Category transfer
-
-{transfer_note}
-
-## Training
-
-{curve_note}
-
-## Baseline tuning (valid split; the best point of each baseline is the one evaluated)
-
-{grid_text}
-"""
+    model_lines = [f"- {s}: model_version `{v}`" for s, v in models.items()] or ["- none (baselines only)"]
+    return render_markdown({
+        "eval_id": eval_id, "split": split, "k": k, **_data_context(facts, versions, cutoffs), "seeds": seeds,
+        "model_lines": model_lines, "run": params, **_results_context(metrics, k, split), "bars": bars,
+        "transfer_note": transfer_note, "curve_note": curve_note})
