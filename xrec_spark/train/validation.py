@@ -4,8 +4,9 @@ A validation group is a (user, category) pair with at least one positive in the 
 of silver.interactions, for a target category. Its candidates are **all** items of that
 category (silver.item_features, cold ones included) minus the user's train-split items in
 it; its relevant set is the valid positives. The ranking and NDCG are those of
-:mod:`xrec_spark.ranking.dense` and :mod:`xrec_spark.eval.reference_metrics`, the definitions of record, so training's early-stopping figure
-and the evaluation job's agree. Runs on rank 0 only.
+:mod:`xrec_spark.ranking.dense` and :mod:`xrec_spark.eval.reference_metrics`, the definitions
+of record, so training's early-stopping figure and the evaluation job's agree. Runs on rank 0
+only.
 """
 
 from __future__ import annotations
