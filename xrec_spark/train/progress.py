@@ -22,6 +22,11 @@ def _tqdm_class() -> Any:
     return tqdm
 
 
+def format_slices(by_slice: dict[str, float]) -> str:
+    """``warm 0.0123, cold_user 0.0456``: how the log lines show valid NDCG per user slice."""
+    return ", ".join(f"{k} {v:.4f}" for k, v in by_slice.items())
+
+
 class Progress:
     """Progress of one rank; silent unless ``enabled`` (rank 0)."""
 
@@ -72,7 +77,8 @@ class Progress:
             self._bar.close()
             self._bar = None
         metric = record.get("valid_metric")
+        slices = format_slices(record.get("valid_by_slice") or {})
         log.info("%s done: loss %.4f, %s samples/s, %.1fs%s", self._label, record["loss"],
                  f"{record['samples_per_s']:,.0f}", record["seconds"],
                  "" if metric is None else f", valid {record['metric_name']} {metric:.4f}"
-                 + "".join(f", {k} {v:.4f}" for k, v in (record.get("valid_by_slice") or {}).items()))
+                 + (f", {slices}" if slices else ""))

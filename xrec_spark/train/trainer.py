@@ -30,9 +30,9 @@ from xrec_spark.train.checkpoints import (
     Position, RunPaths, RunRecord, load_state, pack, rng_state, save_state, set_rng_state, unpack)
 from xrec_spark.train.batching import batches, mix_seed, prefetched, steps_for, to_tensors
 from xrec_spark.train.loader import open_loader, read_pinned
-from xrec_spark.train.progress import Progress
+from xrec_spark.train.progress import Progress, format_slices
 from xrec_spark.train.spec import ITEM_FEATURES, TRAINING_EXAMPLES, TrainSpec
-from xrec_spark.train.validation import group_ndcg, load_validation, slice_means
+from xrec_spark.train.validation import load_validation, validation_summary
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +129,6 @@ class _Amp:
 
     def autocast(self) -> Any:
         return torch.autocast("cuda", dtype=self.dtype) if self.enabled else nullcontext()
-
-
-def _slices_text(by_slice: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.4f}" for k, v in by_slice.items()) or "no slices"
 
 
 def warmup_cosine(total_steps: int, floor: float = 0.1) -> Callable[[int], float]:
@@ -270,7 +266,7 @@ class Trainer:
                 return {}
             metric, groups, by_slice = self._valid()
             log.info("before training: valid %s %.4f over %d groups (%s)", self.metric_name, metric, groups,
-                     _slices_text(by_slice))
+                     format_slices(by_slice) or "no slices")
             start = {"valid_metric": metric, "valid_groups": groups, "valid_by_slice": by_slice,
                      "metric_name": self.metric_name} if groups else None
             if not (self.cfg.model.item_bias and groups):
@@ -435,11 +431,7 @@ class Trainer:
         """Valid NDCG@k over all groups, the groups counted, and its mean per user slice."""
         if self.validation is None:
             return float("nan"), 0, {}
-        values = group_ndcg(self.model, self.validation, self.tc.eval_k, self.device)
-        defined = ~np.isnan(values)
-        if not defined.any():
-            return float("nan"), 0, {}
-        return float(values[defined].mean()), int(defined.sum()), slice_means(values, self.validation)
+        return validation_summary(self.model, self.validation, self.tc.eval_k, self.device)
 
     def _meta(self, metric: float | None) -> dict[str, Any]:
         return {"model_version": self.spec.model_version, "run_id": self.spec.run_id,

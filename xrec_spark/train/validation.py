@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from xrec_spark.eval.columns import COLD_USER, CROSS_CATEGORY, WARM
 from xrec_spark.eval.reference_metrics import ndcg_at_k
+from xrec_spark.names import COLD_USER, CROSS_CATEGORY, TRAIN, WARM
 from xrec_spark.ranking.dense import ranked_items
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def build_validation(interactions: pd.DataFrame, items: pd.DataFrame, histories:
     }
     # Known from the train rows of every category, target or not: a user with train rows only
     # outside the targets is a cross-category user, not a cold one.
-    every_train = interactions.loc[interactions["split"] == "train", "user_idx"].to_numpy(np.int64)
+    every_train = interactions.loc[interactions["split"] == TRAIN, "user_idx"].to_numpy(np.int64)
     known = np.isin(users, every_train)
     warm = np.array([e.size > 0 for e in exclude], dtype=bool)
     user_slice = np.where(warm, WARM, np.where(known, CROSS_CATEGORY, COLD_USER))
@@ -113,12 +113,22 @@ def slice_means(values: np.ndarray, vs: ValidationSet) -> dict[str, float]:
     return out
 
 
+def validation_summary(model: torch.nn.Module, vs: ValidationSet, k: int, device: torch.device,
+                       chunk: int = 1024) -> tuple[float, int, dict[str, float]]:
+    """``(mean NDCG@k over groups, groups counted, mean per user slice)`` from one scoring pass;
+    NaN, 0 and no slices when there is no group."""
+    values = group_ndcg(model, vs, k, device, chunk)
+    defined = ~np.isnan(values)
+    if not defined.any():
+        return float("nan"), 0, {}
+    return float(values[defined].mean()), int(defined.sum()), slice_means(values, vs)
+
+
 def validation_ndcg(model: torch.nn.Module, vs: ValidationSet, k: int, device: torch.device,
                     chunk: int = 1024) -> tuple[float, int]:
     """``(mean NDCG@k over groups, groups counted)``; NaN and 0 when there is no group."""
-    values = group_ndcg(model, vs, k, device, chunk)
-    defined = ~np.isnan(values)
-    return (float(values[defined].mean()) if defined.any() else float("nan")), int(defined.sum())
+    metric, groups, _ = validation_summary(model, vs, k, device, chunk)
+    return metric, groups
 
 
 @torch.no_grad()
