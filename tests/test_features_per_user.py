@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 from xrec_spark.config import FeaturesConfig
 from xrec_spark.features.common import uniform01
 from xrec_spark.features.history import earlier_items
-from xrec_spark.features.negatives import Pool, sampling_pools, training_examples
+from xrec_spark.features.negatives import Pool, group_weights, sampling_pools, training_examples
 from xrec_spark.features.per_user import complete_users
 
 
@@ -58,6 +58,18 @@ def test_pool_draws_by_hand():
     assert pool.draw(np.array([2]), np.array([1 - 2**-53])).tolist() == [9]
 
 
+def test_group_weights_by_hand():
+    # user 1: 4 positives in category 0, 1 in category 2; user 2: 1 in category 0 (another batch's
+    # user 1 rows would be this batch's too: the per-user pass never splits a user).
+    users = pa.table({"user_idx": [1, 1, 1, 1, 1, 2], "category_idx": [0, 0, 2, 0, 0, 0],
+                      "weight": pa.array([1.0, 0.5, 1.0, 1.0, 1.0, 0.25], pa.float32())})
+    assert group_weights(users, 0.0).tolist() == [1.0, 0.5, 1.0, 1.0, 1.0, 0.25]
+    # power 1: each (user, category) group's weights sum to its recency-weighted mean
+    assert group_weights(users, 1.0).tolist() == pytest.approx([0.25, 0.125, 1.0, 0.25, 0.25, 0.25])
+    # power 0.5: n = 4 -> 1/2
+    assert group_weights(users, 0.5).tolist() == pytest.approx([0.5, 0.25, 1.0, 0.5, 0.5, 0.25])
+
+
 def test_uniform01_is_a_function_of_the_key():
     a = uniform01(7, "item", np.arange(1000)[:, None], np.arange(3)[None, :])
     b = uniform01(7, "item", np.arange(500, 1000)[:, None], np.arange(3)[None, :])
@@ -97,6 +109,12 @@ def test_training_examples_do_not_depend_on_batching(spark):
     taken = {(r["user_idx"], r["item_idx"]) for r in positives.collect()}
     negatives = [r for r in large if r[-1] == 0.0]
     assert negatives and not any((r[-4], r[-3]) in taken for r in negatives)
+
+    # group_weight_power 1: each (user, category)'s positives weigh 1 in all, whatever its size
+    weighted = training_examples(positives, pools, affinity, cfg.model_copy(update={"group_weight_power": 1.0}))
+    sums = (weighted.where("label = 1").groupBy("user_idx", "category_idx").agg(F.sum("weight").alias("w"))
+            .agg(F.min("w"), F.max("w")).first())
+    assert sums[0] == pytest.approx(1.0, rel=1e-5) and sums[1] == pytest.approx(1.0, rel=1e-5)
 
 
 def test_day_histories_leave_out_the_same_day():

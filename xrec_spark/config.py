@@ -223,6 +223,10 @@ class FeaturesConfig(_Section):
     # None: every event is a positive; else value >= this threshold.
     positive_min_value: float | None = None
     recency_half_life_days: float = Field(365.0, gt=0)
+    # A training example's weight is its recency weight times n^-power, n = its user's train
+    # positives in its category: 0 counts every event once (heavy users dominate the loss), 1
+    # counts every (user, category) once, as the evaluation does.
+    group_weight_power: float = Field(0.0, ge=0, le=1)
     history_length: int = Field(20, ge=1)
     # A training example's history: the user's train positives strictly before its event
     # ("event"), or before its UTC day ("day"). Served histories are days to weeks old when the
