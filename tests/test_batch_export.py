@@ -15,7 +15,7 @@ from batch_fixtures import (
 from conftest import make_config
 from xrec_spark.batch.export import export_embeddings
 from xrec_spark.batch.generate import generate_candidates
-from xrec_spark.batch.lineage import NoModelError
+from xrec_spark.lineage import NoModelError
 from xrec_spark.batch.showcase import cross_category_sample
 from xrec_spark.config import ModelConfig
 from xrec_spark.model import CrossCategoryModel, ItemContent, ModelSizes, save_model

@@ -10,7 +10,7 @@ import torch
 
 from batch_fixtures import HISTORY, ITEM_CATEGORY, SEEN, TEXT, TRAIN_COUNT, write_run, write_silver
 from conftest import make_config
-from xrec_spark.batch.lineage import model_run
+from xrec_spark.lineage import model_run
 from xrec_spark.config import ModelConfig
 from xrec_spark.eval import columns as C
 from xrec_spark.eval.model_rankings import model_rankings

@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from batch_fixtures import assert_same_rows, write_run
 from conftest import make_config
 from xrec_spark.batch.drift import new_events_since, retrain_reason
-from xrec_spark.batch.lineage import utc_now
+from xrec_spark.lineage import utc_now
 from xrec_spark.batch.nightly import NightlyInterrupted, day_config, run_nightly
 from xrec_spark.config import BatchConfig, ModelConfig
 from xrec_spark.features.build import build_features

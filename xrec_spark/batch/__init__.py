@@ -2,6 +2,5 @@
 
 ``pairs`` (which user x category pairs), ``export`` (model -> gold embeddings), ``generate``
 (embeddings -> gold.candidates, ranked by :mod:`xrec_spark.ranking`, the engine evaluation uses
-too), ``lineage`` / ``drift`` (gold.runs, meta.job_log markers, retrain decision), ``nightly``
-(the restartable chain), ``showcase``.
+too), ``drift`` (the retrain decision), ``nightly`` (the restartable chain), ``showcase``.
 """

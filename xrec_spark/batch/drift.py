@@ -11,31 +11,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date, datetime
 
-from delta.tables import DeltaTable
-from pyspark.sql import functions as F
-
 from xrec_spark.config import BatchConfig
-from xrec_spark.tables import BRONZE_EVENTS, CATEGORY_INDEX, Lakehouse, TableSpec
-
-
-def first_version_after(lake: Lakehouse, spec: TableSpec, moment: datetime) -> int | None:
-    """The first version of ``spec`` committed after ``moment`` (UTC), or None."""
-    # tables.py has no history reader; this reads only the Delta log of one table.
-    history = DeltaTable.forPath(lake.spark, lake.path(spec)).history().select("version", "timestamp")
-    row = history.where(F.col("timestamp") > F.lit(moment)).agg(F.min("version").alias("v")).first()
-    return None if row is None or row["v"] is None else int(row["v"])
+from xrec_spark.tables import BRONZE_EVENTS, CATEGORY_INDEX, Lakehouse
 
 
 def new_events_since(lake: Lakehouse, moment: datetime) -> tuple[int, int]:
     """(events inserted into bronze.events after ``moment``, events in it at ``moment``)."""
     if not lake.exists(BRONZE_EVENTS):
         return 0, 0
-    start = first_version_after(lake, BRONZE_EVENTS, moment)
+    start = lake.first_version_after(BRONZE_EVENTS, moment)
     if start is None:
         return 0, lake.read(BRONZE_EVENTS).count()
-    changes = (lake.spark.read.format("delta").option("readChangeFeed", "true")
-               .option("startingVersion", start).load(lake.path(BRONZE_EVENTS)))
-    new = changes.where(F.col("_change_type") == "insert").count()
+    new = lake.inserted_since(BRONZE_EVENTS, start).count()
     before = lake.read(BRONZE_EVENTS, version=start - 1).count() if start > 0 else 0
     return int(new), int(before)
 

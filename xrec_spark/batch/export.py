@@ -29,12 +29,12 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from xrec_spark.batch.lineage import ModelRun, model_run, record_job, sql_string, utc_now
 from xrec_spark.batch.pairs import served_categories, serving_pairs
 from xrec_spark.config import JobConfig
+from xrec_spark.lineage import JobRun, ModelRun, model_run
 from xrec_spark.tables import (
     CATEGORY_INDEX, CATEGORY_TRANSFER, ITEM_EMBEDDINGS, ITEM_FEATURES, USER_CATEGORY_AFFINITY, USER_EMBEDDINGS,
-    USER_HISTORY, USER_INDEX, Lakehouse,
+    USER_HISTORY, USER_INDEX, Lakehouse, sql_string,
 )
 
 log = logging.getLogger(__name__)
@@ -215,8 +215,17 @@ class ExportResult:
 
 def export_embeddings(lake: Lakehouse, cfg: JobConfig, model_version: str | None = None) -> ExportResult:
     """Export item and user x category vectors of ``model_version`` (None: latest in gold.runs)."""
-    started = utc_now()
     run: ModelRun = model_run(lake, model_version)
+    with JobRun(lake, JOB, run.model_version) as job_run:
+        result = _export(lake, cfg, run)
+        job_run.record(result.input_versions, result.output_versions,
+                       {"model_version": run.model_version, "run_id": run.run_id, "items": result.items,
+                        "cold_items": result.cold_items, "users": result.users, "user_pairs": result.user_pairs})
+    return result
+
+
+def _export(lake: Lakehouse, cfg: JobConfig, run: ModelRun) -> ExportResult:
+    """Write both embedding tables of ``run``'s model; returns what they hold for it."""
     where = f"model_version = {sql_string(run.model_version, 'model_version')}"
     checkpoint = read_checkpoint_bytes(run.checkpoint_path)
     inputs = lake.versions(INPUTS)
@@ -246,10 +255,5 @@ def export_embeddings(lake: Lakehouse, cfg: JobConfig, model_version: str | None
     written_users = lake.read(USER_EMBEDDINGS).where(where)
     user_counts = written_users.agg(F.count("*").alias("n"), F.countDistinct("user_idx").alias("u")).first()
     outputs = lake.versions((ITEM_EMBEDDINGS, USER_EMBEDDINGS))
-    result = ExportResult(run.model_version, int(counts["n"]), int(counts["cold"] or 0), int(user_counts["u"]),
-                          int(user_counts["n"]), inputs, outputs)
-    record_job(lake, JOB, run.model_version, inputs, outputs,
-               {"model_version": run.model_version, "run_id": run.run_id, "items": result.items,
-                "cold_items": result.cold_items, "users": result.users, "user_pairs": result.user_pairs},
-               started)
-    return result
+    return ExportResult(run.model_version, int(counts["n"]), int(counts["cold"] or 0), int(user_counts["u"]),
+                        int(user_counts["n"]), inputs, outputs)

@@ -18,14 +18,14 @@ from datetime import date
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from xrec_spark.batch.lineage import latest_model_version, record_job, sql_string, utc_now
 from xrec_spark.batch.pairs import served_categories, serving_pairs
 from xrec_spark.config import JobConfig
+from xrec_spark.lineage import JobRun, latest_model_version
 from xrec_spark.ranking.popularity import rank_by_popularity
 from xrec_spark.ranking.spark import rank_by_vectors
 from xrec_spark.tables import (
     CANDIDATES, CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, ITEM_EMBEDDINGS, ITEM_FEATURES, USER_CATEGORY_AFFINITY,
-    USER_EMBEDDINGS, USER_INDEX, Lakehouse,
+    USER_EMBEDDINGS, USER_INDEX, Lakehouse, sql_string,
 )
 
 JOB = "generate_candidates"
@@ -85,8 +85,17 @@ def generate_candidates(lake: Lakehouse, cfg: JobConfig, run_date: date,
     """Write gold.candidates for ``run_date`` from ``model_version`` (None: latest in gold.runs)."""
     if not isinstance(run_date, date):
         raise TypeError(f"run_date must be a datetime.date; got {type(run_date).__name__}")
-    started = utc_now()
     version = model_version or latest_model_version(lake)
+    with JobRun(lake, JOB, run_date.isoformat()) as job_run:
+        result = _generate(lake, cfg, run_date, version)
+        job_run.record(result.input_versions, result.output_versions,
+                       {"model_version": version, "rows": result.rows, "model_pairs": result.model_pairs,
+                        "fallback_pairs": result.fallback_pairs})
+    return result
+
+
+def _generate(lake: Lakehouse, cfg: JobConfig, run_date: date, version: str | None) -> CandidatesResult:
+    """Replace gold.candidates of ``run_date`` with the lists of model ``version`` (None: popularity)."""
     inputs = lake.versions(INPUTS)
 
     def read(spec):
@@ -118,10 +127,6 @@ def generate_candidates(lake: Lakehouse, cfg: JobConfig, run_date: date,
              .collect())
     by_source = {r["source"]: (int(r["rows"]), int(r["pairs"])) for r in stats}
     outputs = lake.versions((CANDIDATES,))
-    result = CandidatesResult(run_date, version, sum(r for r, _ in by_source.values()),
-                              by_source.get(MODEL, (0, 0))[1], by_source.get(FALLBACK, (0, 0))[1],
-                              inputs, outputs)
-    record_job(lake, JOB, day, inputs, outputs,
-               {"model_version": version, "rows": result.rows, "model_pairs": result.model_pairs,
-                "fallback_pairs": result.fallback_pairs}, started)
-    return result
+    return CandidatesResult(run_date, version, sum(r for r, _ in by_source.values()),
+                            by_source.get(MODEL, (0, 0))[1], by_source.get(FALLBACK, (0, 0))[1],
+                            inputs, outputs)

@@ -17,7 +17,6 @@ is read again and the MERGE on event ids keeps only what is new.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Callable
@@ -25,8 +24,8 @@ from typing import Any, Callable
 from xrec_spark.batch import export as export_mod
 from xrec_spark.batch import generate as generate_mod
 from xrec_spark.batch.drift import categories_added_since, new_events_since, retrain_reason
-from xrec_spark.batch.lineage import ModelRun, NoModelError, last_marker, model_run, record_job, utc_now
 from xrec_spark.config import JobConfig
+from xrec_spark.lineage import JobRun, ModelRun, NoModelError, model_run
 from xrec_spark.tables import (
     BRONZE_EVENTS, BRONZE_ITEMS, BRONZE_QUARANTINE, CANDIDATES, INTERACTIONS, ITEM_EMBEDDINGS, ITEM_FEATURES,
     METRICS, RUNS, TRAINING_EXAMPLES, USER_EMBEDDINGS, USER_HISTORY, Lakehouse, TableSpec,
@@ -190,6 +189,23 @@ class _Night:
         return self.model_version
 
 
+def _run_step(night: _Night, step: str) -> StepOutcome:
+    """Run ``step`` of ``night`` and leave its marker, or skip it when its marker for the date
+    saw the same inputs."""
+    inputs = night.inputs(step)
+    with JobRun(night.lake, JOB, f"{night.run_date.isoformat()}:{step}") as marker:
+        done = marker.unchanged(inputs=inputs)
+        if done is not None:
+            if step == "train":
+                night.model_version = done.summary.get("model_version")
+            log.info("nightly %s: %s already done for these inputs, skipped", night.run_date, step)
+            return StepOutcome(step, False, done.summary)
+        action: Callable[[], dict[str, Any]] = getattr(night, step)
+        summary = action()
+        marker.record(inputs, night.lake.versions(_OUTPUTS[step]), summary)
+        return StepOutcome(step, True, summary, marker.seconds)
+
+
 def run_nightly(lake: Lakehouse, cfg: JobConfig, run_date: date, fail_after: str | None = None) -> NightlyResult:
     """Run (or finish) the nightly chain for ``run_date``; see the module docstring.
 
@@ -203,21 +219,7 @@ def run_nightly(lake: Lakehouse, cfg: JobConfig, run_date: date, fail_after: str
     night = _Night(lake, cfg, run_date)
     result = NightlyResult(run_date)
     for step in STEPS:
-        run_key = f"{run_date.isoformat()}:{step}"
-        inputs = night.inputs(step)
-        marker = last_marker(lake, JOB, run_key)
-        if marker is not None and marker["input_versions"] == inputs:
-            summary = marker["summary"]
-            if step == "train":
-                night.model_version = summary.get("model_version")
-            log.info("nightly %s: %s already done for these inputs, skipped", run_date, step)
-            result.steps.append(StepOutcome(step, False, summary))
-        else:
-            started, clock = utc_now(), time.perf_counter()
-            action: Callable[[], dict[str, Any]] = getattr(night, step)
-            summary = action()
-            record_job(lake, JOB, run_key, inputs, lake.versions(_OUTPUTS[step]), summary, started)
-            result.steps.append(StepOutcome(step, True, summary, time.perf_counter() - clock))
+        result.steps.append(_run_step(night, step))
         if fail_after == step:
             raise NightlyInterrupted(f"nightly {run_date}: stopped after step {step!r} (fail_after)")
     result.model_version = night.model_version

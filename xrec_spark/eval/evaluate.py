@@ -12,11 +12,10 @@ so re-running on the same inputs replaces its own rows.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import pandas as pd
@@ -24,16 +23,16 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from xrec_spark.batch.lineage import model_run, record_job, sql_string, utc_now
 from xrec_spark.config import JobConfig
 from xrec_spark.eval import baselines as B
 from xrec_spark.eval import columns as C
 from xrec_spark.eval.bootstrap import is_difference, summarize
 from xrec_spark.eval.metrics import coverage_and_popularity, group_metrics, ranked_lists, relevant_groups
 from xrec_spark.eval.model_rankings import model_rankings
+from xrec_spark.lineage import JobRun, digest, model_run, utc_now
 from xrec_spark.tables import (
     CANDIDATES, CATEGORY_INDEX, INTERACTIONS, ITEM_EMBEDDINGS, ITEM_FEATURES, METRICS, RUNS, USER_EMBEDDINGS, USER_HISTORY,
-    Lakehouse)
+    Lakehouse, sql_string)
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +88,7 @@ def eval_id_for(cfg: JobConfig, systems: list[str], model_versions: dict[str, st
     eval_cfg = {k: v for k, v in cfg.eval.model_dump(mode="json").items() if k not in ("report_dir", "eval_id")}
     body = {"systems": sorted(systems), "models": dict(sorted(model_versions.items())),
             "inputs": {k: v for k, v in sorted(inputs.items()) if k != RUNS.qualified}, "eval": eval_cfg}
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{cfg.eval.split}-{digest}"
+    return f"{cfg.eval.split}-{digest(body, 16)}"
 
 
 def _baseline_rankings(name: str, interactions: DataFrame, features: DataFrame, pairs: DataFrame,
@@ -148,7 +146,7 @@ def write_metrics(lake: Lakehouse, rows: pd.DataFrame, eval_id: str, split: str,
 
 def evaluate(lake: Lakehouse, cfg: JobConfig) -> EvalResult:
     """The whole evaluation job (see module docstring); returns what it wrote."""
-    started = utc_now()
+    started = datetime.now(timezone.utc)
     ev = cfg.eval
     inputs = lake.versions(DATA_INPUTS + (MODEL_INPUTS if ev.include_model or _trained(ev) else ())
                            + ((CANDIDATES,) if ev.include_candidates else ()))
@@ -214,9 +212,9 @@ def evaluate(lake: Lakehouse, cfg: JobConfig) -> EvalResult:
         rows = pd.concat([rows, _grid_rows(als_grid, ev.tune_k)], ignore_index=True)
     write_metrics(lake, rows, eval_id, ev.split, model_versions, inputs)
     outputs = lake.versions((METRICS,))
-    record_job(lake, JOB, eval_id, inputs, outputs,
-               {"eval_id": eval_id, "split": ev.split, "systems": systems, "models": model_versions,
-                "ranked_rows": n_lists, "als_grid": als_grid}, started)
+    with JobRun(lake, JOB, eval_id, started_at=started) as job_run:
+        job_run.record(inputs, outputs, {"eval_id": eval_id, "split": ev.split, "systems": systems,
+                                         "models": model_versions, "ranked_rows": n_lists, "als_grid": als_grid})
     return EvalResult(eval_id, ev.split, systems, model_versions, rows, als_grid, inputs, outputs)
 
 

@@ -28,10 +28,10 @@ from xrec_spark.batch.export import (
     read_checkpoint_bytes,
     user_embedding_rows,
 )
-from xrec_spark.batch.lineage import ModelRun
 from xrec_spark.config import JobConfig
 from xrec_spark.eval import columns as C
 from xrec_spark.eval.metrics import system_rankings
+from xrec_spark.lineage import ModelRun
 from xrec_spark.ranking.spark import rank_by_vectors
 from xrec_spark.tables import ITEM_EMBEDDINGS, ITEM_FEATURES, USER_EMBEDDINGS, USER_HISTORY, Lakehouse
 

@@ -22,12 +22,12 @@ import jinja2
 import pandas as pd
 from pyspark.sql import functions as F
 
-from xrec_spark.batch.lineage import NoModelError, model_run
 from xrec_spark.config import JobConfig
 from xrec_spark.eval import columns as C
 from xrec_spark.eval import plots
 from xrec_spark.eval.bootstrap import difference_system, is_difference, verdict
-from xrec_spark.tables import CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, JOB_LOG, METRICS, Lakehouse
+from xrec_spark.lineage import NoModelError, last_run, model_run
+from xrec_spark.tables import CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, METRICS, Lakehouse
 from xrec_spark.tables import RUNS as RUNS_TABLE
 
 log = logging.getLogger(__name__)
@@ -51,14 +51,11 @@ class ReportResult:
 
 def latest_eval_id(lake: Lakehouse) -> str:
     """eval_id of the most recent ``evaluate`` run in meta.job_log."""
-    row = None
-    if lake.exists(JOB_LOG):
-        row = (lake.read(JOB_LOG).where(F.col("job") == "evaluate")
-               .orderBy(F.col("finished_at").desc()).select("run_key").first())
-    if row is None:
+    run = last_run(lake, "evaluate")
+    if run is None:
         raise ValueError("no evaluation found in meta.job_log: run `xrec evaluate` first "
                          "(or pass --set eval.eval_id=<id> of gold.metrics)")
-    return str(row["run_key"])
+    return run.run_key
 
 
 def _cell(r: pd.Series) -> str:
@@ -178,14 +175,12 @@ def split_cutoffs(lake: Lakehouse, versions: dict[str, int]) -> tuple[str, str] 
     """(valid_start, test_start) of the features run that wrote the evaluated silver.interactions
     version (meta.job_log), or None when no such run is recorded."""
     version = versions.get(INTERACTIONS.qualified)
-    if version is None or not lake.exists(JOB_LOG):
+    if version is None:
         return None
-    rows = (lake.read(JOB_LOG).where(F.col("job") == "features")
-            .where(F.col("output_versions")[INTERACTIONS.qualified] == int(version))
-            .orderBy(F.col("finished_at").desc()).select("summary").limit(1).collect())
-    if not rows:
+    run = last_run(lake, "features", output=(INTERACTIONS.qualified, int(version)))
+    if run is None:
         return None
-    summary = json.loads(rows[0]["summary"] or "{}")
+    summary = run.summary
     if summary.get("valid_start") and summary.get("test_start"):
         return str(summary["valid_start"]), str(summary["test_start"])
     return None

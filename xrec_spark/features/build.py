@@ -4,9 +4,10 @@
 extends the three indexes (MERGE, insert-only), overwrites the dependent silver tables, and
 appends one row to ``meta.job_log`` with the input and output Delta versions.
 
-**Incremental runs.** The run key is a hash of the input versions and ``cfg.features``. When it
-equals the key of the last successful run recorded in ``meta.job_log`` and every output table is
-still at the version that run wrote, nothing is recomputed (same tables, no new versions).
+**Incremental runs.** The run key is a hash of the input versions and ``cfg.features``. When a
+successful run of that key is recorded in ``meta.job_log`` (:class:`xrec_spark.lineage.JobRun`)
+and every output table is still at the version it wrote, nothing is recomputed (same tables, no
+new versions).
 Otherwise everything downstream of the indexes is recomputed from the new state; the indexes
 only gain the new ids, numbered after their maximum.
 
@@ -17,13 +18,10 @@ three indexes, the split cutoffs, the interactions and the item categories.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-import uuid
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from typing import Any
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Row, SparkSession
@@ -40,10 +38,11 @@ from xrec_spark.features.negatives import sampling_pools, training_examples
 from xrec_spark.features.splits import (
     Cutoffs, assign_slices, assign_split, fraction_cutoffs, resolve_cutoffs_config,
 )
+from xrec_spark.lineage import JobRun, digest
 from xrec_spark.names import TRAIN
 from xrec_spark.tables import (
     BRONZE_EVENTS, BRONZE_ITEMS, CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, ITEM_FEATURES, ITEM_INDEX,
-    JOB_LOG, TRAINING_EXAMPLES, USER_CATEGORY_AFFINITY, USER_HISTORY, USER_INDEX, Lakehouse, TableSpec,
+    TRAINING_EXAMPLES, USER_CATEGORY_AFFINITY, USER_HISTORY, USER_INDEX, Lakehouse, TableSpec,
 )
 
 log = logging.getLogger(__name__)
@@ -88,12 +87,13 @@ class FeaturesSummary:
     empty_negative_slots: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
     @classmethod
-    def from_json(cls, text: str) -> "FeaturesSummary":
-        data = json.loads(text)
+    def from_dict(cls, data: dict[str, Any]) -> "FeaturesSummary":
+        """The summary a run recorded (its meta.job_log summary) back as the dataclass."""
+        data = dict(data)
         data["top_transfer"] = [TransferPair(**p) for p in data.get("top_transfer", [])]
         return cls(**data)
 
@@ -129,18 +129,7 @@ def run_key(input_versions: dict[str, int], cfg: JobConfig) -> str:
     :data:`LOGIC_VERSION`."""
     payload = {"inputs": dict(sorted(input_versions.items())), "features": cfg.features.model_dump(mode="json"),
                "logic": LOGIC_VERSION}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def _last_run(lakehouse: Lakehouse) -> tuple[str, dict[str, int], str] | None:
-    """(run_key, output_versions, summary JSON) of the last successful features run."""
-    if not lakehouse.exists(JOB_LOG):
-        return None
-    row = (lakehouse.read(JOB_LOG).where(F.col("job") == JOB)
-           .orderBy(F.desc("finished_at")).select("run_key", "output_versions", "summary").first())
-    if row is None:
-        return None
-    return row["run_key"], dict(row["output_versions"]), row["summary"]
+    return digest(payload)
 
 
 def _items_table(lakehouse: Lakehouse, version: int | None) -> DataFrame:
@@ -206,17 +195,23 @@ def build_features(spark: SparkSession, lakehouse: Lakehouse, cfg: JobConfig, to
         cfg: the job config; only ``cfg.features`` shapes the output.
         top_pairs: how many category-transfer pairs the summary lists.
     """
-    started = datetime.now(timezone.utc)
     input_versions = lakehouse.versions(INPUTS)
     if BRONZE_EVENTS.qualified not in input_versions:
         lakehouse.read(BRONZE_EVENTS)  # raises TableNotFoundError naming the table and what to run
-    key = run_key(input_versions, cfg)
-    last = _last_run(lakehouse)
-    if last is not None and last[0] == key and last[1] == lakehouse.versions(OUTPUTS):
-        previous = FeaturesSummary.from_json(last[2])
-        log.info("features: bronze versions and config unchanged since run %s; nothing to do", previous.run_id)
-        return replace(previous, skipped=True, stage_seconds={})
+    with JobRun(lakehouse, JOB, run_key(input_versions, cfg)) as job_run:
+        done = job_run.unchanged(outputs=lakehouse.versions(OUTPUTS))
+        if done is not None:
+            previous = FeaturesSummary.from_dict(done.summary)
+            log.info("features: bronze versions and config unchanged since run %s; nothing to do", previous.run_id)
+            return replace(previous, skipped=True, stage_seconds={})
+        summary = _build(lakehouse, cfg, input_versions, job_run.run_id, top_pairs)
+        job_run.record(input_versions, summary.output_versions, summary.to_dict())
+    return summary
 
+
+def _build(lakehouse: Lakehouse, cfg: JobConfig, input_versions: dict[str, int], run_id: str,
+           top_pairs: int) -> FeaturesSummary:
+    """Every stage from bronze at ``input_versions`` to the summary of run ``run_id``."""
     run = _Run(lakehouse)
     events = lakehouse.read(BRONZE_EVENTS, version=input_versions[BRONZE_EVENTS.qualified])
     items = _items_table(lakehouse, input_versions.get(BRONZE_ITEMS.qualified))
@@ -239,11 +234,7 @@ def build_features(spark: SparkSession, lakehouse: Lakehouse, cfg: JobConfig, to
     finally:
         all_pairs.unpersist()
     _build_examples(run, cfg)
-    summary = _summarise(run, cfg, input_versions, cutoffs, new_ids, counts, top_pairs)
-    row = [(JOB, summary.run_id, key, input_versions, summary.output_versions, summary.to_json(), started,
-            datetime.now(timezone.utc))]
-    lakehouse.append(JOB_LOG, lakehouse.spark.createDataFrame(row, JOB_LOG.schema), job=JOB)
-    return summary
+    return _summarise(run, cfg, run_id, input_versions, cutoffs, new_ids, counts, top_pairs)
 
 
 def _cutoffs(cfg: JobConfig, resolved: DataFrame) -> Cutoffs:
@@ -284,7 +275,7 @@ def _build_examples(run: _Run, cfg: JobConfig) -> None:
     run.done("training_examples")
 
 
-def _summarise(run: _Run, cfg: JobConfig, input_versions: dict[str, int], cutoffs: Cutoffs,
+def _summarise(run: _Run, cfg: JobConfig, run_id: str, input_versions: dict[str, int], cutoffs: Cutoffs,
                new_ids: dict[str, int], counts: Row, top_pairs: int) -> FeaturesSummary:
     lakehouse = run.lakehouse
     for spec in (USER_INDEX, ITEM_INDEX, CATEGORY_INDEX):
@@ -303,7 +294,7 @@ def _summarise(run: _Run, cfg: JobConfig, input_versions: dict[str, int], cutoff
     output_versions = lakehouse.versions(OUTPUTS)
     run.done("summary")
     return FeaturesSummary(
-        run_id=uuid.uuid4().hex, skipped=False, row_counts=row_counts, top_transfer=top,
+        run_id=run_id, skipped=False, row_counts=row_counts, top_transfer=top,
         input_versions=input_versions, output_versions=output_versions,
         valid_start=cutoffs.valid_start.isoformat(), test_start=cutoffs.test_start.isoformat(),
         new_ids=new_ids, events_read=int(counts["events"] or 0), unknown_category_events=int(counts["unknown"] or 0),

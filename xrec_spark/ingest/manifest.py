@@ -14,7 +14,6 @@ it as it was and the next run reads the same files again.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,6 +23,7 @@ from pyspark.sql import functions as F
 
 from xrec_spark.config import IngestConfig
 from xrec_spark.ingest.readers import SourceFile, SourceReadError, read_block, read_error_cause
+from xrec_spark.lineage import digest
 from xrec_spark.tables import BRONZE_EVENTS, BRONZE_ITEMS, INGESTED_FILES, Lakehouse
 
 # Bytes hashed at each end of a file: a few reads per file, whatever its size.
@@ -51,13 +51,13 @@ def fingerprint(spark: SparkSession, f: SourceFile) -> str:
     Cheap (two reads of 64 KiB), and it catches a rewrite that kept the size and modification
     time (e.g. copied with ``cp -p``) unless both ends are the same too.
     """
-    digest = hashlib.sha256(str(f.size).encode())
+    content = hashlib.sha256(str(f.size).encode())
     if f.size <= 2 * BLOCK:
-        digest.update(read_block(spark, f.uri, 0, f.size))
+        content.update(read_block(spark, f.uri, 0, f.size))
     else:
-        digest.update(read_block(spark, f.uri, 0, BLOCK))
-        digest.update(read_block(spark, f.uri, f.size - BLOCK, BLOCK))
-    return digest.hexdigest()
+        content.update(read_block(spark, f.uri, 0, BLOCK))
+        content.update(read_block(spark, f.uri, f.size - BLOCK, BLOCK))
+    return content.hexdigest()
 
 
 def rules_hash(ingest: IngestConfig, kind: str) -> str:
@@ -68,7 +68,7 @@ def rules_hash(ingest: IngestConfig, kind: str) -> str:
     payload = {"source": source.model_dump(mode="json", exclude={"path"}), "logic": LOGIC_VERSION}
     if kind == "events":
         payload["rules"] = ingest.model_dump(mode="json", include=set(EVENT_RULES))
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return digest(payload)
 
 
 def ingested_files(lakehouse: Lakehouse, kind: str, rules: str) -> dict[str, tuple[int, int, str]]:

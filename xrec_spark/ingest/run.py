@@ -17,7 +17,6 @@ tables; with ``ingest.skip_unchanged=false`` it reads them and the MERGEs still 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import uuid
@@ -35,7 +34,8 @@ from xrec_spark.ingest.manifest import FileState, ingested_files, manifest_rows,
 from xrec_spark.ingest.readers import (SourceFile, SourceReadError, check_not_empty, failed_file,
                                        list_source_files, read_error_cause, read_listed, resolve_format)
 from xrec_spark.ingest.validate import REASONS, accepted_events, classify_events, quarantine_rows
-from xrec_spark.tables import BRONZE_EVENTS, BRONZE_ITEMS, BRONZE_QUARANTINE, INGESTED_FILES, JOB_LOG, Lakehouse
+from xrec_spark.lineage import JobRun, digest
+from xrec_spark.tables import BRONZE_EVENTS, BRONZE_ITEMS, BRONZE_QUARANTINE, INGESTED_FILES, Lakehouse
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +165,7 @@ def _reason_counts(classified: DataFrame, batch: SourceBatch) -> tuple[int, dict
 
 def _run_key(ingest: IngestConfig, files: list[SourceFile]) -> str:
     """Same config and same files (uri, size, mtime) -> same key."""
-    payload = {"ingest": ingest.model_dump(mode="json"), "files": [vars(f) for f in files]}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return digest({"ingest": ingest.model_dump(mode="json"), "files": [vars(f) for f in files]})
 
 
 def _ordered(counts: dict[str | None, int]) -> dict[str, int]:
@@ -225,7 +224,9 @@ def run_ingest(spark: SparkSession, lakehouse: Lakehouse, cfg: JobConfig,
             new_quarantine_rows=new_quarantine, files=[s.uri for b in batches for s in b.read],
             skipped_files=[s.uri for b in batches for s in b.skipped],
             input_versions=before, output_versions=lakehouse.versions(BRONZE))
-        _log_run(spark, lakehouse, summary, _run_key(ingest, [f for b in batches for f in b.listed]), started)
+        key = _run_key(ingest, [f for b in batches for f in b.listed])
+        with JobRun(lakehouse, JOB, key, run_id, started_at=started) as job_run:
+            job_run.record(summary.input_versions, summary.output_versions, asdict(summary))
     finally:
         for df in persisted:
             df.unpersist()
@@ -276,11 +277,3 @@ def _write_items(lakehouse: Lakehouse, events: DataFrame | None, items: DataFram
     finally:
         changed.unpersist()
     return n_changed
-
-
-def _log_run(spark: SparkSession, lakehouse: Lakehouse, summary: IngestSummary, run_key: str,
-             started: datetime) -> None:
-    row = (JOB, summary.run_id, run_key, summary.input_versions, summary.output_versions,
-           summary.to_json(), started, datetime.now(timezone.utc))
-    # Append, not MERGE: run ids are unique, and a one-row MERGE costs several Spark jobs.
-    lakehouse.append(JOB_LOG, spark.createDataFrame([row], JOB_LOG.schema), job=JOB)

@@ -8,11 +8,9 @@ versions to time-travel back to.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,8 +22,9 @@ from pyspark.errors import PySparkException
 from pyspark.sql import functions as F
 
 from xrec_spark.config import JobConfig, TaskWeighting
+from xrec_spark.lineage import JobRun, digest
 from xrec_spark.tables import (
-    CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, ITEM_FEATURES, ITEM_INDEX, JOB_LOG, RUNS, TRAINING_EXAMPLES,
+    CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, ITEM_FEATURES, ITEM_INDEX, RUNS, TRAINING_EXAMPLES,
     USER_HISTORY, USER_INDEX, Lakehouse, TableNotFoundError, TableSpec)
 from xrec_spark.train.checkpoints import RunPaths
 from xrec_spark.train.ddp import TrainResult, train
@@ -33,6 +32,7 @@ from xrec_spark.train.spec import InputTable, ResumeMode, Sizes, TrainSpec
 
 log = logging.getLogger(__name__)
 
+JOB = "train"
 REQUIRED_INPUTS: tuple[TableSpec, ...] = (TRAINING_EXAMPLES, ITEM_FEATURES, USER_INDEX, ITEM_INDEX, CATEGORY_INDEX)
 OPTIONAL_INPUTS: tuple[TableSpec, ...] = (INTERACTIONS, USER_HISTORY, CATEGORY_TRANSFER)
 INPUTS_READ: tuple[TableSpec, ...] = REQUIRED_INPUTS + OPTIONAL_INPUTS
@@ -59,7 +59,7 @@ def run_id_for(cfg: JobConfig, input_versions: dict[str, int]) -> str:
             "train": train, "inputs": dict(sorted(input_versions.items()))}
     if MODEL_LOGIC_VERSION > 1:   # so ids of runs made before versioning stay what they were
         body["logic"] = MODEL_LOGIC_VERSION
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]
+    return digest(body, 20)
 
 
 def checkpoint_root(cfg: JobConfig, lake: Lakehouse) -> Path:
@@ -270,7 +270,7 @@ def finished_run(lake: Lakehouse, spec: TrainSpec) -> TrainingReport | None:
 def run_training(cfg: JobConfig, lake: Lakehouse, resume: ResumeMode = "auto",
                  fail_at_step: int | None = None, fail_rank: int = 0) -> TrainingReport:
     """The whole job: pin inputs, train on the ranks, then (after success only) log to MLflow,
-    MERGE the gold.runs row and a meta.job_log row."""
+    MERGE the gold.runs row and record the run in meta.job_log."""
     from xrec_spark.train import tracking
 
     started = datetime.now(timezone.utc)
@@ -291,8 +291,7 @@ def run_training(cfg: JobConfig, lake: Lakehouse, resume: ResumeMode = "auto",
     runs_version = tracking.write_runs_row(lake, spec, result, cfg.fingerprint(), started, finished, extra)
     summary = {"model_version": spec.model_version, "model_path": result.model_path, **extra,
                "metrics": result.metrics}
-    row = ("train", str(uuid.uuid4()), spec.run_id, spec.input_versions(), {RUNS.qualified: runs_version},
-           json.dumps(summary, sort_keys=True), started, datetime.now(timezone.utc))
-    lake.merge(JOB_LOG, lake.spark.createDataFrame([row], JOB_LOG.schema), update=True, job="train")
+    with JobRun(lake, JOB, spec.run_id, started_at=started) as job_run:
+        job_run.record(spec.input_versions(), {RUNS.qualified: runs_version}, summary)
     return TrainingReport(result=result, spec=spec, tracking_uri=uri, mlflow_run_id=mlflow_id,
                           runs_table=lake.path(RUNS), runs_version=runs_version)

@@ -11,7 +11,6 @@ bronze and config are unchanged).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from xrec_spark.config import JobConfig
+from xrec_spark.lineage import digest
 from xrec_spark.tables import BRONZE_EVENTS, BRONZE_ITEMS, Lakehouse, TableNotFoundError
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,7 @@ _MARKER = "bronze_source.json"
 
 
 def features_hash(cfg: JobConfig) -> str:
-    body = json.dumps(cfg.features.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(body.encode()).hexdigest()[:12]
+    return digest(cfg.features.model_dump(mode="json"), 12)
 
 
 def prefix_root(base: Lakehouse, cfg: JobConfig) -> str:
