@@ -106,7 +106,7 @@ def time_pair(step_a, step_b, batches: list, warmup: int) -> tuple[float, float]
 def scale_items(args: argparse.Namespace, cfg, sizes_list: list[int]) -> int:
     """Samples/s of the model's training step at each catalogue size (see the module docstring)."""
     from xrec_spark.model.losses import Catalogue
-    from xrec_spark.train.trainer import Optimizers
+    from xrec_spark.train.optim import Optimizers
 
     steps = {}
     for n_items in sizes_list:

@@ -15,7 +15,8 @@ from model_synthetic import TINY_SIZES, tiny_batch, tiny_config, tiny_frame, tin
 from xrec_spark.config import HistoryEncoderKind
 from xrec_spark.model.content import ItemContent
 from xrec_spark.model.encoders import HistoryEncoder
-from xrec_spark.model.towers import CrossCategoryModel, ModelSizes, unique_items
+from xrec_spark.model.layers import unique_items
+from xrec_spark.model.towers import CrossCategoryModel, ModelSizes
 
 GRID = [dict(history_encoder=h, bottom=b, fusion=f, share_across_categories=s)
         for h, b, f, s in itertools.product(["none", "mean", "attention", "gru", "category_attention"], ["shared", "mmoe"],

@@ -16,7 +16,7 @@ from xrec_spark.train.checkpoints import RunPaths, atomic_write, load_state, sav
 from xrec_spark.train.ddp import RecordedFailure
 from xrec_spark.train.launch import failure_message, rank_errors, run_id_for
 from xrec_spark.train.spec import InputTable, Sizes, TrainSpec
-from xrec_spark.train.trainer import warmup_cosine
+from xrec_spark.train.optim import warmup_cosine
 from xrec_spark.train.validation import build_validation, slice_means, validation_ndcg
 
 
