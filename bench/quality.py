@@ -27,6 +27,9 @@ the command after an interruption redoes only what is missing. ``--steps`` picks
 ``<root>/bench_versions.json``). Nothing is tuned on test: ALS and EASE pick their parameters on
 valid, training early-stops on valid. The ALS search and EASE grid are the library defaults
 (:class:`xrec_spark.config.EvalConfig`), whatever smaller demo search the config file sets.
+
+The chain itself is :class:`xrec_spark.pipeline.quality.QualityRun` (the registered stages plus
+the trained baselines); this file turns its gold.metrics rows into the results file and tables.
 """
 
 from __future__ import annotations
@@ -36,51 +39,15 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-STEPS = ("ingest", "features", "train", "baselines", "evaluate", "report")
-# Baselines trained by the training job, as config overrides of the model's config.
-TRAINED_BASELINES: dict[str, list[str]] = {
-    "no_sharing": ["model.share_across_categories=false"],
-    "shared_no_transfer": ["model.history_encoder=none"],
-}
 SYSTEMS = ("popularity_global", "popularity_category", "als", "ease", "no_sharing", "shared_no_transfer", "model")
-EVAL_BASELINES = ("popularity_global", "popularity_category", "als", "ease")
-# Keys whose EvalConfig defaults (the full ALS search, EASE's grid) the bench always uses.
-FULL_SEARCH_KEYS = ("als_base_rank", "als_reg_params", "als_alphas", "als_ranks", "als_max_iter",
-                    "ease_items", "ease_lambdas")
 DATASET_OF_CONFIG = {"local": "ciao"}       # conf/<stem>.yaml -> data set name of the results file
 RESULTS = REPO / "bench" / "results"
 SLICES = ("warm", "cross_category", "cold_user", "cold_item", "all")
-
-
-def single_phase(cfg) -> str:
-    """One joint phase (finetune: every category, shared parts at full rate) with the epochs of
-    all the config's phases together and its first phase's learning rate: the transfer schedule's
-    budget without the transfer."""
-    epochs = sum(p.epochs for p in cfg.train.phases)
-    return f"train.phases=[{{name: finetune, epochs: {epochs}, lr: {cfg.train.phases[0].lr}, shared_lr_scale: 1.0}}]"
-
-
-def _timed(name: str, fn):
-    print(f"\n=== {name}", flush=True)
-    start = time.perf_counter()
-    out = fn()
-    took = time.perf_counter() - start
-    print(f"=== {name} done in {took:.0f} s", flush=True)
-    return out, took
-
-
-def full_search_overrides() -> list[str]:
-    """``eval.<key>=<default>`` for the full ALS search and EASE grid (EvalConfig defaults)."""
-    from xrec_spark.config import EvalConfig
-
-    defaults = EvalConfig()
-    return [f"eval.{key}={json.dumps(getattr(defaults, key))}" for key in FULL_SEARCH_KEYS]
 
 
 def _tuned_params(rows, system: str) -> dict:
@@ -190,6 +157,8 @@ def write_results(rows, dataset: str, split: str, max_iter: int | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from xrec_spark.pipeline.quality import STEPS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="the data set's config (conf/local.yaml = Ciao)")
     parser.add_argument("--dataset", default=None, help="name in bench/results/quality_<dataset>.json "
@@ -214,72 +183,24 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "matplotlib", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from pyspark.sql import functions as F
 
-    from xrec_spark.config import load_config
-    from xrec_spark.eval.evaluate import evaluate
-    from xrec_spark.eval.report import build_report
-    from xrec_spark.features.build import build_features
-    from xrec_spark.session import get_spark
-    from xrec_spark.tables import Lakehouse
-    from xrec_spark.train.launch import run_training
+    from xrec_spark.pipeline.quality import QualityRun
+    from xrec_spark.tables import METRICS
 
-    root = args.root or f"lakehouse/bench-{Path(args.config).stem}"
-    base = [f"lakehouse.root={root}", f"eval.report_dir={root}/report", *full_search_overrides(), *args.overrides]
-    dataset = args.dataset or DATASET_OF_CONFIG.get(Path(args.config).stem, Path(args.config).stem)
-    cfg = load_config(args.config, base)
-    lake = Lakehouse(get_spark(cfg), cfg.lakehouse.root)
-    Path(root).mkdir(parents=True, exist_ok=True)
-    # model_version of each trained system, so that `--steps evaluate,report` finds them later.
-    versions_file = Path(root) / "bench_versions.json"
-    versions: dict[str, str] = json.loads(versions_file.read_text()) if versions_file.is_file() else {}
-    timings: dict[str, float] = {}
-
-    def train(system: str, extra: list[str]) -> None:
-        report, timings[f"train {system}"] = _timed(
-            f"train {system} {' '.join(extra)}", lambda: run_training(load_config(args.config, [*base, *extra]), lake))
-        print(report.format(), flush=True)
-        versions[system] = report.result.model_version
-        versions_file.write_text(json.dumps(versions, indent=1, sort_keys=True))
-
-    if "ingest" in steps:
-        from xrec_spark.ingest.run import run_ingest
-        summary, timings["ingest"] = _timed("ingest", lambda: run_ingest(lake.spark, lake, cfg))
-        print("\n".join(summary.lines()), flush=True)
-    if "features" in steps:
-        summary, timings["features"] = _timed("features", lambda: build_features(lake.spark, lake, cfg))
-        print(summary.format(), flush=True)
-    if "train" in steps:
-        train("model", [])
-    if "baselines" in steps:
-        for name, extra in TRAINED_BASELINES.items():
-            train(name, [*extra, single_phase(cfg)])
-    if "evaluate" in steps:
-        missing = [s for s in ("model", *TRAINED_BASELINES) if s not in versions]
-        if missing:
-            raise SystemExit(f"no trained version of {missing} in {versions_file}: run the train/baselines steps")
-        trained = {k: versions[k] for k in TRAINED_BASELINES}
-        eval_cfg = load_config(args.config, [
-            *base, "eval.split=test", "eval.include_model=true", f"eval.model_version={versions['model']}",
-            f"eval.baselines={json.dumps([*EVAL_BASELINES, *trained])}",
-            f"eval.baseline_versions={json.dumps(trained)}"])
-        result, timings["evaluate"] = _timed("evaluate", lambda: evaluate(lake, eval_cfg))
-        print(result.format(eval_cfg.eval.ks), flush=True)
-        versions["eval_id"] = result.eval_id
-        versions_file.write_text(json.dumps(versions, indent=1, sort_keys=True))
-    if "report" in steps:
-        report_cfg = load_config(args.config, [*base, *([f"eval.eval_id={versions['eval_id']}"]
-                                                        if "eval_id" in versions else [])])
-        result, timings["report"] = _timed("report", lambda: build_report(lake, report_cfg))
-        print(result.format(), flush=True)
+    run = QualityRun(args.config, args.root or f"lakehouse/bench-{Path(args.config).stem}", args.overrides,
+                     emit=lambda line: print(line, flush=True))
+    try:
+        lake, versions = run.run(steps)
+    except ValueError as e:   # a step needing versions no earlier run kept
+        raise SystemExit(str(e)) from e
     if "eval_id" in versions:
-        from pyspark.sql import functions as F
-
-        from xrec_spark.tables import METRICS
+        dataset = args.dataset or DATASET_OF_CONFIG.get(Path(args.config).stem, Path(args.config).stem)
         rows = lake.read(METRICS).where(F.col("eval_id") == versions["eval_id"]).toPandas()
-        path = write_results(rows, dataset, "test", cfg.eval.als_max_iter)
+        path = write_results(rows, dataset, "test", run.config_with().eval.als_max_iter)
         print(f"\n## Quality ({Path(args.config).name}), eval_id `{versions['eval_id']}` ({path.relative_to(REPO)})\n")
         print(render_markdown(json.loads(path.read_text())))
-    print("\nstep timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+    print("\nstep timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in run.timings.items())
           + f"; load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 

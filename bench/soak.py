@@ -34,7 +34,8 @@ sys.path.insert(0, str(REPO))
 
 from pyspark.sql import functions as F  # noqa: E402
 
-from xrec_spark.batch.nightly import _OUTPUTS, run_nightly  # noqa: E402
+from xrec_spark.pipeline.nightly import run_nightly  # noqa: E402
+from xrec_spark.pipeline.stages import stage  # noqa: E402
 from xrec_spark.config import SyntheticConfig, build_config  # noqa: E402
 from xrec_spark.ingest.run import run_ingest  # noqa: E402
 from xrec_spark.ingest.synthetic import SyntheticPaths, synthetic_ingest_config, write_synthetic  # noqa: E402
@@ -100,7 +101,7 @@ def _duplicate_keys(lake: Lakehouse) -> dict[str, int]:
 def _version_problems(before: dict[str, int], after: dict[str, int], steps) -> list[str]:
     problems = []
     for step in steps:
-        for spec in _OUTPUTS[step.step]:
+        for spec in stage(step.step).outputs:
             old, new = before.get(spec.qualified), after.get(spec.qualified)
             allowed = ({old} if not step.ran else {old, old + 1}) if old is not None else {None, 0, 1}
             if new not in allowed:

@@ -14,7 +14,7 @@ import sys
 from datetime import datetime, timezone
 
 from jobs.generate_candidates import run_date
-from xrec_spark.batch.nightly import run_nightly
+from xrec_spark.pipeline.nightly import run_nightly
 from xrec_spark.jobargs import parse_job_args
 from xrec_spark.session import get_spark
 from xrec_spark.tables import Lakehouse

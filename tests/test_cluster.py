@@ -29,7 +29,7 @@ from xrec_spark.features.build import OUTPUTS as FEATURE_TABLES
 from xrec_spark.tables import (
     CANDIDATES, ITEM_EMBEDDINGS, JOB_LOG, METRICS, RUNS, USER_EMBEDDINGS, Lakehouse,
 )
-from xrec_spark.train.launch import INPUTS_READ
+from xrec_spark.train.launch import INPUTS
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -116,7 +116,7 @@ def test_training_runs_as_barrier_tasks_on_both_workers(spark, cluster, cluster_
     runs = lake.read(RUNS).collect()
     assert len(runs) == 1
     row = runs[0]
-    pinned = {spec.qualified: lake.version(spec) for spec in INPUTS_READ}
+    pinned = {spec.qualified: lake.version(spec) for spec in INPUTS}
     assert row["input_versions"] == pinned
     assert Path(row["checkpoint_path"]).is_file()
     assert np.isfinite(row["metrics"]["final_loss"])

@@ -12,9 +12,9 @@ from pyspark.sql import functions as F
 
 from batch_fixtures import assert_same_rows, write_run
 from conftest import make_config
-from xrec_spark.batch.drift import new_events_since, retrain_reason
+from xrec_spark.pipeline.drift import new_events_since, retrain_reason
 from xrec_spark.lineage import utc_now
-from xrec_spark.batch.nightly import NightlyInterrupted, day_config, run_nightly
+from xrec_spark.pipeline.nightly import NightlyInterrupted, day_config, run_nightly
 from xrec_spark.config import BatchConfig, ModelConfig
 from xrec_spark.features.build import build_features
 from xrec_spark.ingest.run import run_ingest
@@ -50,7 +50,7 @@ def test_new_categories_come_first_among_retrain_reasons():
 
 
 def test_categories_added_since_the_model_inputs(spark, tmp_path):
-    from xrec_spark.batch.drift import categories_added_since
+    from xrec_spark.pipeline.drift import categories_added_since
     from xrec_spark.tables import CATEGORY_INDEX, Lakehouse
 
     lake = Lakehouse(spark, str(tmp_path / "lakehouse"))

@@ -17,7 +17,7 @@ import yaml
 from conftest import REPO, make_config
 from train_tables import SMALL_MODEL, write_silver
 from xrec_spark.tables import JOB_LOG, RUNS, Lakehouse
-from xrec_spark.train.launch import INPUTS_READ, TrainingFailedError, run_training
+from xrec_spark.train.launch import INPUTS, TrainingFailedError, run_training
 from xrec_spark.train.checkpoints import RunPaths, load_state
 from xrec_spark.train.ddp import TrainResult
 
@@ -77,7 +77,7 @@ def test_two_processes_train_from_delta_and_record_lineage(spark, lake_root, ref
 
     row = lake.read(RUNS).where(f"run_id = '{result.run_id}'").collect()
     assert len(row) == 1
-    pinned = {spec.qualified: lake.version(spec) for spec in INPUTS_READ}
+    pinned = {spec.qualified: lake.version(spec) for spec in INPUTS}
     assert row[0]["input_versions"] == pinned                                 # time-travel to reproduce
     assert row[0]["checkpoint_path"] == result.model_path and Path(result.model_path).is_file()
     assert row[0]["config_hash"] == cfg.fingerprint()

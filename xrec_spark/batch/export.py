@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 JOB = "export_embeddings"
 INPUTS = (ITEM_FEATURES, USER_HISTORY, USER_CATEGORY_AFFINITY, USER_INDEX, CATEGORY_INDEX, CATEGORY_TRANSFER)
+OUTPUTS = (ITEM_EMBEDDINGS, USER_EMBEDDINGS)
 CONTENT_COLUMNS = ("item_idx", "category_idx", "text", "image_vector", "text_vector", "train_count")
 ITEM_SCHEMA = T.StructType([
     T.StructField("item_idx", T.IntegerType(), False), T.StructField("category_idx", T.IntegerType(), False),
@@ -254,6 +255,6 @@ def _export(lake: Lakehouse, cfg: JobConfig, run: ModelRun) -> ExportResult:
     counts = written_items.agg(F.count("*").alias("n"), F.sum(F.col("cold").cast("int")).alias("cold")).first()
     written_users = lake.read(USER_EMBEDDINGS).where(where)
     user_counts = written_users.agg(F.count("*").alias("n"), F.countDistinct("user_idx").alias("u")).first()
-    outputs = lake.versions((ITEM_EMBEDDINGS, USER_EMBEDDINGS))
+    outputs = lake.versions(OUTPUTS)
     return ExportResult(run.model_version, int(counts["n"]), int(counts["cold"] or 0), int(user_counts["u"]),
                         int(user_counts["n"]), inputs, outputs)

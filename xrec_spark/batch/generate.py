@@ -32,6 +32,7 @@ JOB = "generate_candidates"
 MODEL, FALLBACK = "model", "fallback"
 INPUTS = (ITEM_FEATURES, USER_INDEX, USER_CATEGORY_AFFINITY, CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS,
           ITEM_EMBEDDINGS, USER_EMBEDDINGS)
+OUTPUTS = (CANDIDATES,)
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def _generate(lake: Lakehouse, cfg: JobConfig, run_date: date, version: str | No
                                      F.countDistinct("user_idx", "category_idx").alias("pairs"))
              .collect())
     by_source = {r["source"]: (int(r["rows"]), int(r["pairs"])) for r in stats}
-    outputs = lake.versions((CANDIDATES,))
+    outputs = lake.versions(OUTPUTS)
     return CandidatesResult(run_date, version, sum(r for r, _ in by_source.values()),
                             by_source.get(MODEL, (0, 0))[1], by_source.get(FALLBACK, (0, 0))[1],
                             inputs, outputs)

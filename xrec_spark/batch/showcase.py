@@ -8,6 +8,9 @@ from pyspark.sql import functions as F
 
 from xrec_spark.tables import CANDIDATES, CATEGORY_INDEX, INTERACTIONS, ITEM_INDEX, USER_INDEX, Lakehouse
 
+INPUTS = (CANDIDATES, INTERACTIONS, CATEGORY_INDEX, ITEM_INDEX, USER_INDEX)
+OUTPUTS = ()   # lines to print only
+
 
 def cross_category_sample(lake: Lakehouse, run_date: date, k: int = 5, users: int = 1) -> list[str]:
     """Lines showing the top ``k`` model candidates of ``users`` users for a category in which

@@ -43,6 +43,9 @@ METRICS_SPLIT = "split"   # gold.metrics column: the split a row was measured on
 TRAINED_BASELINES = ("no_sharing", "shared_no_transfer")
 DATA_INPUTS = (INTERACTIONS, ITEM_FEATURES, CATEGORY_INDEX)
 MODEL_INPUTS = (USER_HISTORY, ITEM_EMBEDDINGS, USER_EMBEDDINGS, RUNS)
+# The model's tables are read with eval.include_model, gold.candidates with eval.include_candidates.
+INPUTS = (*DATA_INPUTS, *MODEL_INPUTS, CANDIDATES)
+OUTPUTS = (METRICS,)
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,7 @@ def evaluate(lake: Lakehouse, cfg: JobConfig) -> EvalResult:
     if als_grid:
         rows = pd.concat([rows, _grid_rows(als_grid, ev.tune_k)], ignore_index=True)
     write_metrics(lake, rows, eval_id, ev.split, model_versions, inputs)
-    outputs = lake.versions((METRICS,))
+    outputs = lake.versions(OUTPUTS)
     with JobRun(lake, JOB, eval_id, started_at=started) as job_run:
         job_run.record(inputs, outputs, {"eval_id": eval_id, "split": ev.split, "systems": systems,
                                          "models": model_versions, "ranked_rows": n_lists, "als_grid": als_grid})

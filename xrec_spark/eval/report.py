@@ -37,6 +37,8 @@ SLICE_ORDER = (C.WARM, C.CROSS_CATEGORY, C.COLD_USER, C.COLD_ITEM, C.ALL)
 MIN_GROUPS_FOR_VERDICT = 20
 MODEL_SYSTEMS = ("model",)
 REPORT_TEMPLATE = "report.md.j2"   # in xrec_spark/eval/templates/, shipped as package data
+INPUTS = (METRICS, INTERACTIONS, CATEGORY_INDEX, CATEGORY_TRANSFER, RUNS_TABLE)
+OUTPUTS = ()   # files only: <eval.report_dir>/index.md and its figures
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 JOB = "ingest"
 QUARANTINE_KEYS = ("source", "raw", "reason")
 BRONZE = (BRONZE_EVENTS, BRONZE_ITEMS, BRONZE_QUARANTINE)
+# Besides the raw files: the manifest of files read before, and the bronze rows items are
+# derived from or compared with.
+INPUTS = (BRONZE_EVENTS, BRONZE_ITEMS, INGESTED_FILES)
+OUTPUTS = (*BRONZE, INGESTED_FILES)
 SHOWN_FILES = 5  # skipped files named in the summary lines (all of them are in its JSON)
 
 

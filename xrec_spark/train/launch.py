@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 JOB = "train"
 REQUIRED_INPUTS: tuple[TableSpec, ...] = (TRAINING_EXAMPLES, ITEM_FEATURES, USER_INDEX, ITEM_INDEX, CATEGORY_INDEX)
 OPTIONAL_INPUTS: tuple[TableSpec, ...] = (INTERACTIONS, USER_HISTORY, CATEGORY_TRANSFER)
-INPUTS_READ: tuple[TableSpec, ...] = REQUIRED_INPUTS + OPTIONAL_INPUTS
+INPUTS: tuple[TableSpec, ...] = REQUIRED_INPUTS + OPTIONAL_INPUTS
+OUTPUTS: tuple[TableSpec, ...] = (RUNS,)   # plus the checkpoint and the MLflow run
 # Config keys that say where to write or log, not what to train: left out of the run id.
 _NOT_IN_RUN_ID = ("checkpoint_dir", "tracking_uri", "local_mode")
 

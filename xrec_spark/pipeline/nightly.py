@@ -3,11 +3,14 @@
     ingest the day's files -> features -> retrain or reuse the model -> embeddings -> candidates
     -> evaluation
 
-Every step leaves a marker in meta.job_log (job ``nightly``, run_key ``<date>:<step>``) with
-the input versions it saw. A step whose last marker for the date has the same input versions as
-now is skipped, so a run killed midway and started again redoes only the steps after the last
-marker, and the steps it redoes are idempotent themselves (MERGE on event ids, replaceWhere on
-model_version / run_date, training resumes from its own checkpoints).
+The steps are the registered stages (:mod:`xrec_spark.pipeline.stages`) of those names, with
+the train stage behind the retrain decision (:mod:`xrec_spark.pipeline.drift`). Every step
+leaves a marker in meta.job_log (job ``nightly``, run_key ``<date>:<step>``) with the input
+versions it saw (the stage's input tables; the model version for the steps that use one). A
+step whose last marker for the date has the same input versions as now is skipped, so a run
+killed midway and started again redoes only the steps after the last marker, and the steps it
+redoes are idempotent themselves (MERGE on event ids, replaceWhere on model_version /
+run_date, training resumes from its own checkpoints).
 
 The day's files: a ``{date}`` in ``ingest.events.path`` / ``ingest.items.path`` is replaced by
 the run date (``landing/{date}/`` -> ``landing/2024-05-01/``); without it the configured path
@@ -21,20 +24,19 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Callable
 
-from xrec_spark.batch import export as export_mod
-from xrec_spark.batch import generate as generate_mod
-from xrec_spark.batch.drift import categories_added_since, new_events_since, retrain_reason
 from xrec_spark.config import JobConfig
+from xrec_spark.ingest.readers import list_source_files
 from xrec_spark.lineage import JobRun, ModelRun, NoModelError, model_run
-from xrec_spark.tables import (
-    BRONZE_EVENTS, BRONZE_ITEMS, BRONZE_QUARANTINE, CANDIDATES, INTERACTIONS, ITEM_EMBEDDINGS, ITEM_FEATURES,
-    METRICS, RUNS, TRAINING_EXAMPLES, USER_EMBEDDINGS, USER_HISTORY, Lakehouse, TableSpec,
-)
+from xrec_spark.pipeline.drift import categories_added_since, new_events_since, retrain_reason
+from xrec_spark.pipeline.stages import Context, stage
+from xrec_spark.tables import BRONZE_EVENTS, Lakehouse, TableSpec
 
 log = logging.getLogger(__name__)
 
 JOB = "nightly"
 STEPS = ("ingest", "features", "train", "embeddings", "candidates", "evaluate")
+# Steps whose work depends on the model in use: its version rides in their marker's inputs.
+_MODEL_STEPS = ("train", "embeddings", "candidates", "evaluate")
 
 
 class NightlyInterrupted(RuntimeError):
@@ -78,6 +80,15 @@ def day_config(cfg: JobConfig, run_date: date) -> JobConfig:
     return cfg.model_copy(update={"ingest": ingest.model_copy(update=updates)})
 
 
+def step_inputs(step: str) -> tuple[TableSpec, ...]:
+    """Tables whose versions decide whether ``step`` has new work: its stage's inputs, and for
+    train bronze.events too (the retrain decision measures drift on it)."""
+    if step not in STEPS:
+        raise ValueError(f"unknown nightly step {step!r}; steps: {STEPS}")
+    tables = stage(step).inputs
+    return (BRONZE_EVENTS, *tables) if step == "train" else tables
+
+
 def _model_key(version: str | None) -> dict[str, int]:
     # Marker inputs are {name: long}; the model version rides in the key.
     return {f"model:{version}": 1} if version else {}
@@ -90,31 +101,16 @@ class _Night:
         self.lake, self.cfg, self.run_date = lake, day_config(cfg, run_date), run_date
         self.model_version: str | None = None
 
-    # ----------------------------------------------------------------- inputs of each step
-
     def inputs(self, step: str) -> dict[str, int]:
-        lake = self.lake
         if step == "ingest":
             return self._source_files()
-        if step == "features":
-            return lake.versions((BRONZE_EVENTS, BRONZE_ITEMS))
+        versions = self.lake.versions(step_inputs(step))
         if step == "train":
             latest = self._latest()
-            return {**lake.versions((BRONZE_EVENTS, TRAINING_EXAMPLES)),
-                    **_model_key(latest.model_version if latest else None)}
-        if step == "embeddings":
-            return {**lake.versions(export_mod.INPUTS), **_model_key(self.model_version)}
-        if step == "candidates":
-            return {**lake.versions(generate_mod.INPUTS), **_model_key(self.model_version)}
-        if step == "evaluate":
-            from xrec_spark.eval.evaluate import DATA_INPUTS, MODEL_INPUTS
-
-            return {**lake.versions(DATA_INPUTS + MODEL_INPUTS), **_model_key(self.model_version)}
-        raise ValueError(f"unknown nightly step {step!r}; steps: {STEPS}")
+            return {**versions, **_model_key(latest.model_version if latest else None)}
+        return {**versions, **_model_key(self.model_version)} if step in _MODEL_STEPS else versions
 
     def _source_files(self) -> dict[str, int]:
-        from xrec_spark.ingest.readers import list_source_files
-
         out: dict[str, int] = {}
         for name in ("events", "items"):
             source = getattr(self.cfg.ingest, name)
@@ -131,21 +127,21 @@ class _Night:
         except NoModelError:
             return None
 
+    def _run(self, step: str) -> Any:
+        """The registered stage ``step`` on the day's config with the model in use."""
+        return stage(step).run(Context(self.lake, self.cfg, self.run_date, self.model_version)).result
+
     # ----------------------------------------------------------------- the steps
 
     def ingest(self) -> dict[str, Any]:
-        from xrec_spark.ingest.run import run_ingest
-
         if self.cfg.ingest.events is None:
             return {"reason": "no ingest.events configured"}
-        s = run_ingest(self.lake.spark, self.lake, self.cfg)
+        s = self._run("ingest")
         return {"inserted_events": s.inserted_events, "quarantined": sum(s.quarantined.values()),
                 "files": len(s.files)}
 
     def features(self) -> dict[str, Any]:
-        from xrec_spark.features.build import build_features
-
-        s = build_features(self.lake.spark, self.lake, self.cfg)
+        s = self._run("features")
         return {"features_run": s.run_id, "unchanged": s.skipped}
 
     def train(self) -> dict[str, Any]:
@@ -160,27 +156,24 @@ class _Night:
             if reason is None:
                 self.model_version = latest.model_version
                 return {"model_version": latest.model_version, "retrained": False, "drift": round(drift, 4)}
-        from xrec_spark.train.launch import run_training
-
-        report = run_training(self.cfg, self.lake)
+        report = self._run("train")
         self.model_version = report.spec.model_version
         return {"model_version": self.model_version, "retrained": True, "reason": reason,
                 "drift": None if drift is None else round(drift, 4)}
 
     def embeddings(self) -> dict[str, Any]:
-        r = export_mod.export_embeddings(self.lake, self.cfg, self._version())
+        self._version()
+        r = self._run("embeddings")
         return {"items": r.items, "cold_items": r.cold_items, "user_pairs": r.user_pairs}
 
     def candidates(self) -> dict[str, Any]:
-        r = generate_mod.generate_candidates(self.lake, self.cfg, self.run_date, self._version())
+        self._version()
+        r = self._run("candidates")
         return {"rows": r.rows, "model_pairs": r.model_pairs, "fallback_pairs": r.fallback_pairs}
 
     def evaluate(self) -> dict[str, Any]:
-        from xrec_spark.eval.evaluate import evaluate
-
-        cfg = self.cfg.model_copy(update={"eval": self.cfg.eval.model_copy(
-            update={"model_version": self._version()})})
-        r = evaluate(self.lake, cfg)
+        self._version()
+        r = self._run("evaluate")
         return {"eval_id": r.eval_id, "metric_rows": len(r.rows)}
 
     def _version(self) -> str:
@@ -202,7 +195,7 @@ def _run_step(night: _Night, step: str) -> StepOutcome:
             return StepOutcome(step, False, done.summary)
         action: Callable[[], dict[str, Any]] = getattr(night, step)
         summary = action()
-        marker.record(inputs, night.lake.versions(_OUTPUTS[step]), summary)
+        marker.record(inputs, night.lake.versions(stage(step).outputs), summary)
         return StepOutcome(step, True, summary, marker.seconds)
 
 
@@ -224,13 +217,3 @@ def run_nightly(lake: Lakehouse, cfg: JobConfig, run_date: date, fail_after: str
             raise NightlyInterrupted(f"nightly {run_date}: stopped after step {step!r} (fail_after)")
     result.model_version = night.model_version
     return result
-
-
-_OUTPUTS: dict[str, tuple[TableSpec, ...]] = {
-    "ingest": (BRONZE_EVENTS, BRONZE_ITEMS, BRONZE_QUARANTINE),
-    "features": (INTERACTIONS, ITEM_FEATURES, USER_HISTORY, TRAINING_EXAMPLES),
-    "train": (RUNS,),
-    "embeddings": (ITEM_EMBEDDINGS, USER_EMBEDDINGS),
-    "candidates": (CANDIDATES,),
-    "evaluate": (METRICS,),
-}
