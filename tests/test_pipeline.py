@@ -22,6 +22,7 @@ LINEAGE = {RUNS.qualified, JOB_LOG.qualified}
 # Declared inputs a stage reads only in some runs, and when.
 SOMETIMES = {
     ("evaluate", "silver.user_history"): "for evaluation pairs the export left without a user vector",
+    ("sample", "silver.category_index"): "when some user has model candidates in a category never touched",
     ("sample", "silver.user_index"): "when some user has model candidates in a category never touched",
     ("sample", "silver.item_index"): "when some user has model candidates in a category never touched",
 }
