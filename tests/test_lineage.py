@@ -3,7 +3,6 @@ history reads drift needs (through Lakehouse, the only module that touches Delta
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import time
@@ -12,10 +11,10 @@ from datetime import datetime, timezone
 import pytest
 
 from conftest import REPO
+from source_tree import PACKAGE, module_imports
 from xrec_spark.lineage import JobRun, digest, last_run
 from xrec_spark.tables import BRONZE_ITEMS, BRONZE_QUARANTINE, INTERACTIONS, JOB_LOG
 
-PACKAGE = REPO / "xrec_spark"
 
 
 def test_digest_is_sha256_of_sorted_json_and_ignores_key_order():
@@ -87,20 +86,10 @@ def test_history_and_change_feed_reads(spark, lakehouse):
         lakehouse.inserted_since(BRONZE_QUARANTINE, 0)
 
 
-def _imports(path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-    return names
-
-
 def test_only_tables_touches_delta_and_only_lineage_touches_the_job_log():
     modules = sorted(PACKAGE.rglob("*.py"))
     delta = [p.relative_to(REPO) for p in modules
-             if any(m == "delta" or m.startswith("delta.") for m in _imports(p))
+             if any(m == "delta" or m.startswith("delta.") for m in module_imports(p))
              or 'format("delta")' in p.read_text()]
     assert [str(p) for p in delta] == ["xrec_spark/tables.py"]
     job_log = [str(p.relative_to(REPO)) for p in modules if "JOB_LOG" in p.read_text()]

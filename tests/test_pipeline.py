@@ -3,7 +3,6 @@ declared tables checked against what the job really reads and writes on a small 
 
 from __future__ import annotations
 
-import ast
 from datetime import date
 
 import numpy as np
@@ -11,12 +10,12 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, make_config
+from source_tree import PACKAGE, module_imports
 from train_tables import SMALL_MODEL
 from xrec_spark.pipeline.__main__ import main as pipeline_main
 from xrec_spark.pipeline.stages import STAGE_NAMES, STAGES, Context, stage, stages_until
 from xrec_spark.tables import JOB_LOG, RUNS, Lakehouse, TableSpec
 
-PACKAGE = REPO / "xrec_spark"
 # Read by any stage for lineage (which model, which run), whatever it declares.
 LINEAGE = {RUNS.qualified, JOB_LOG.qualified}
 # Declared inputs a stage reads only in some runs, and when.
@@ -50,16 +49,6 @@ def test_list_prints_every_stage_with_its_tables(capsys):
     assert "silver.training_examples" in out and "gold.metrics" in out
 
 
-def _imports(path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-    return names
-
-
 @pytest.mark.parametrize("package, higher", [
     ("features", ("train", "batch", "eval", "pipeline")),
     ("model", ("train", "batch", "eval", "pipeline")),
@@ -71,7 +60,7 @@ def _imports(path) -> set[str]:
 def test_no_import_from_a_lower_layer_to_a_higher_one(package, higher):
     prefixes = tuple(f"xrec_spark.{h}" for h in higher)
     for path in sorted((PACKAGE / package).rglob("*.py")):
-        bad = sorted(m for m in _imports(path) if m.startswith(prefixes))
+        bad = sorted(m for m in module_imports(path) if m.startswith(prefixes))
         assert not bad, f"{path.relative_to(REPO)} imports {bad}"
 
 
