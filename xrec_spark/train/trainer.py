@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,18 @@ def load_content(spec: TrainSpec, cfg: JobConfig) -> ItemContent:
     columns = ["item_idx", "category_idx", "text", "train_count", "image_vector", "text_vector"]
     frame = read_pinned(table.files, table.path, columns).to_pandas()
     return ItemContent.from_frame(frame, cfg.model, spec.sizes.n_items)
+
+
+@dataclass(frozen=True)
+class PhaseRun:
+    """What every step of one phase trains with: the phase, the (DDP-wrapped) objective, its
+    optimizers and schedule, and the categories whose examples the phase keeps."""
+
+    phase: PhaseConfig
+    net: nn.Module
+    optimizer: Optimizers
+    scheduler: Schedulers
+    cats: Tensor
 
 
 class Trainer:
@@ -217,7 +230,8 @@ class Trainer:
                     optimizer.load_state_dict(state["optimizer"])
                     scheduler.load_state_dict(state["scheduler"])
                     self.amp.scaler.load_state_dict(state["scaler"])
-            pos = self._run_epoch(phase, epoch, shard, steps, pos, prog, net, optimizer, scheduler, cats)
+            run = PhaseRun(phase, net, optimizer, scheduler, cats)
+            pos = self._run_epoch(run, epoch, shard, steps, pos, prog)
             record, stop = self._end_epoch(phase, epoch, pos, prog)
             prog.finished = prog.finished or bool(record.get("pruned"))   # a pruned trial skips later phases
             last = stop or epoch + 1 == phase.epochs
@@ -232,9 +246,9 @@ class Trainer:
                 break
         return pos
 
-    def _run_epoch(self, phase: PhaseConfig, epoch: int, shard: Any, steps: int, pos: Position,
-                   prog: RunRecord, net: nn.Module, optimizer: Any, scheduler: Any,
-                   cats: Tensor) -> Position:
+    def _run_epoch(self, run: PhaseRun, epoch: int, shard: Any, steps: int, pos: Position,
+                   prog: RunRecord) -> Position:
+        phase = run.phase
         first = pos.step if pos.epoch == epoch else 0
         if first == 0:
             pos = Position(phase=pos.phase, epoch=epoch, global_step=pos.global_step)
@@ -252,7 +266,7 @@ class Trainer:
                     if batch is None:
                         break
                     self._fail_hook(pos.global_step + 1)
-                    loss, n = self._step(batch, net, optimizer, scheduler, cats, phase, epoch, step)
+                    loss, n = self._step(run, batch, epoch, step)
                     pos.loss_sum += loss * n
                     pos.rows += n
                     pos.global_step += 1
@@ -261,7 +275,7 @@ class Trainer:
                     if pos.global_step % self.tc.checkpoint_every_steps == 0 and step < steps:
                         pos.step = step
                         snapshot = Position(**{**pos.__dict__, "seconds": pos.seconds + time.perf_counter() - t0})
-                        self._checkpoint(snapshot, prog, optimizer, scheduler)
+                        self._checkpoint(snapshot, prog, run.optimizer, run.scheduler)
         finally:
             shard.close()
         pos.step = steps
@@ -275,15 +289,15 @@ class Trainer:
             raise RuntimeError(f"injected failure at global step {step} on rank {self.info.rank} "
                                "(TrainSpec.fail_at_step test hook)")
 
-    def _step(self, batch: dict[str, Tensor], net: nn.Module, optimizer: Any, scheduler: Any, cats: Tensor,
-              phase: PhaseConfig, epoch: int, step: int) -> tuple[float, int]:
-        keep = torch.isin(batch["category_idx"], cats)
+    def _step(self, run: PhaseRun, batch: dict[str, Tensor], epoch: int, step: int) -> tuple[float, int]:
+        phase, optimizer = run.phase, run.optimizer
+        keep = torch.isin(batch["category_idx"], run.cats)
         if not bool(keep.all()):
             batch = {k: v[keep] for k, v in batch.items()}
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         optimizer.zero_grad(set_to_none=True)
         with self.amp.autocast():
-            loss = net(batch)
+            loss = run.net(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} in phase {phase.name} epoch {epoch + 1} step {step + 1}; "
                                      f"lower train.phases[].lr (now {phase.lr}) or train.grad_clip")
@@ -295,7 +309,7 @@ class Trainer:
         for opt in optimizer.parts:
             self.amp.scaler.step(opt)
         self.amp.scaler.update()
-        scheduler.step()
+        run.scheduler.step()
         return float(loss.detach()), int(batch["label"].shape[0])
 
     # ------------------------------------------------------------------ epoch end
