@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--clusters", type=int, default=256)
     p.add_argument("--spread", type=float, default=0.5)
-    p.add_argument("--block-size", type=int, default=defaults.block_size)
+    p.add_argument("--block-size", type=int, default=defaults.users_per_block)
     p.add_argument("--nlist", type=int, default=defaults.faiss_nlist)
     p.add_argument("--nprobe", type=int, default=defaults.faiss_nprobe)
     p.add_argument("--numpy-users", type=int, default=16_384, help="users in the numpy ceiling run")

@@ -31,7 +31,7 @@ AFFINITY = [(1, 1, 2, 2.0), (1, 2, 1, 1.0), (2, 2, 2, 3.0), (2, 1, 1, 1.0), (3, 
 HISTORY = {1: [3, 1, 4, 0], 2: [5, 6, 1, 0], 3: [8, 0, 0, 0], 4: [2, 0, 0, 0], 5: [0, 0, 0, 0], 6: [0, 0, 0, 0]}
 USERS = [1, 2, 3, 4, 5, 6]
 WANTED_PAIRS = {(1, 1), (1, 3), (2, 2), (2, 3), (3, 3), (4, 1), (4, 3), (5, 3), (6, 3)}
-BATCH = {"top_k": 2, "user_top_categories": 1, "target_categories": ["games"], "block_size": 2}
+BATCH = {"top_k": 2, "user_top_categories": 1, "categories_for_all_users": ["games"], "users_per_block": 2}
 FEATURES = {"history_length": HISTORY_LENGTH}
 T0 = datetime(2024, 1, 1)
 

@@ -132,7 +132,7 @@ def test_popularity_fallback_skips_seen_items(spark):
     ({"k": 0}, ValueError, "batch.top_k"),
     ({"k": "3"}, TypeError, "k must be an int"),
     ({"k": 2, "search": "hnsw"}, ValueError, "unknown search 'hnsw'"),
-    ({"k": 2, "block_size": 0}, ValueError, "batch.block_size"),
+    ({"k": 2, "block_size": 0}, ValueError, "batch.users_per_block"),
 ])
 def test_rank_by_vectors_rejects_bad_arguments(spark, kwargs, error, match):
     users, items = _frames(spark)
@@ -244,7 +244,7 @@ def test_served_categories_add_the_ones_nobody_has_train_activity_in(spark, tmp_
                                   "category string, category_idx int")
     affinity = spark.createDataFrame([(1, 1), (2, 1), (2, 3)], "user_idx int, category_idx int")
     assert unengaged_categories(index, affinity) == [2, 4]
-    both = make_config(tmp_path, batch={"target_categories": ["games"]})
+    both = make_config(tmp_path, batch={"categories_for_all_users": ["games"]})
     assert served_categories(index, affinity, both) == [2, 3, 4]
-    off = make_config(tmp_path, batch={"target_categories": ["games"], "serve_new_categories": False})
+    off = make_config(tmp_path, batch={"categories_for_all_users": ["games"], "serve_new_categories": False})
     assert served_categories(index, affinity, off) == [3]

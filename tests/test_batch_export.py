@@ -13,7 +13,7 @@ from batch_fixtures import (
     BATCH, FEATURES, HISTORY, ITEM_CATEGORY, SEEN, TEXT, TRAIN_COUNT, WANTED_PAIRS, write_run, write_silver,
 )
 from conftest import make_config
-from xrec_spark.batch.export import export_embeddings
+from xrec_spark.batch.export import export_device, export_embeddings
 from xrec_spark.batch.generate import generate_candidates
 from xrec_spark.lineage import NoModelError
 from xrec_spark.batch.showcase import cross_category_sample
@@ -133,7 +133,7 @@ def test_a_category_that_appeared_after_training_falls_back_to_popularity(lakeho
     save_model(path, CrossCategoryModel(MODEL, sizes, _content(6)).eval(), {"model_version": "m1"})
     write_silver(lakehouse)
     write_run(lakehouse, "m1", path)
-    cfg = make_config(lakehouse_root, batch={**BATCH, "target_categories": []}, features=FEATURES)
+    cfg = make_config(lakehouse_root, batch={**BATCH, "categories_for_all_users": []}, features=FEATURES)
     result = export_embeddings(lakehouse, cfg)
     items = _vectors(lakehouse.read(ITEM_EMBEDDINGS), "item_idx")
     assert sorted(items) == [(i,) for i in range(1, 10)]
@@ -175,3 +175,13 @@ def test_jobs_main_export_then_candidates(lakehouse, lakehouse_root, tiny_model,
     assert "2024-06-02: 16 candidates, model m1 for 8 user x category pairs, popularity fallback for 1" in out
     with pytest.raises(SystemExit):
         candidates_job.main(["--config", str(conf), "--date", "June 2"])
+
+
+def test_export_device_follows_batch_device_not_train_use_gpu(tmp_path):
+    gpu_training = {"use_gpu": True}
+    assert export_device(make_config(tmp_path, train=gpu_training, batch={"device": "cpu"})) == "cpu"
+    # cuda is taken as given: the executors may have GPUs the driver cannot see.
+    assert export_device(make_config(tmp_path, batch={"device": "cuda"})) == "cuda"
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    assert export_device(make_config(tmp_path)) == auto
+    assert export_device(make_config(tmp_path, train=gpu_training)) == auto

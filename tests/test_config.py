@@ -2,7 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from xrec_spark.config import ConfigError, JobConfig, LossKind, load_config
+from xrec_spark.config import (
+    Baseline, ConfigError, DistBackend, EvalSplit, HistoryAsOf, InferenceDevice, JobConfig, LossKind, TransferPhase,
+    load_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,3 +59,90 @@ def test_config_is_frozen():
     cfg = load_config(None)
     with pytest.raises(Exception, match="frozen"):
         cfg.train.batch_size = 3  # type: ignore[misc]
+
+
+# Closed choices: a value outside the enum fails at load, naming the key and the allowed values.
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["eval.split=train"], r"eval\.split: Input should be 'valid' or 'test' \(got 'train'\)"),
+        (["eval.baselines=[als, popularity]"],
+         r"eval\.baselines\.1: Input should be 'popularity_global', .*'shared_no_transfer' \(got 'popularity'\)"),
+        (["train.backend=mpi"], r"train\.backend: Input should be 'gloo' or 'nccl' \(got 'mpi'\)"),
+        (["train.phases=[{name: warmup}]"],
+         r"train\.phases\.0\.name: Input should be 'pretrain', 'freeze' or 'finetune' \(got 'warmup'\)"),
+        (["batch.device=tpu"], r"batch\.device: Input should be 'auto', 'cpu' or 'cuda' \(got 'tpu'\)"),
+        (["features.history_as_of=week"], r"features\.history_as_of: Input should be 'event' or 'day'"),
+        (["eval.baseline_versions={ALS: v1}"], r"eval\.baseline_versions\.ALS\.\[key\]: Input should be"),
+    ],
+)
+def test_closed_choices_reject_other_values(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "conf" / "local.yaml", override)
+
+
+def test_closed_choices_read_from_yaml_strings():
+    cfg = load_config(None, ["eval.split=valid", "eval.baselines=[ease, no_sharing]",
+                             "eval.baseline_versions={no_sharing: v7}", "train.backend=nccl",
+                             "train.phases=[{name: freeze}, {name: finetune}]", "batch.device=cpu",
+                             "features.history_as_of=day"])
+    assert cfg.eval.split is EvalSplit.VALID
+    assert cfg.eval.baselines == [Baseline.EASE, Baseline.NO_SHARING]
+    assert cfg.eval.baseline_versions == {Baseline.NO_SHARING: "v7"}
+    assert cfg.train.backend is DistBackend.NCCL
+    assert [p.name for p in cfg.train.phases] == [TransferPhase.FREEZE, TransferPhase.FINETUNE]
+    assert cfg.batch.device is InferenceDevice.CPU
+    assert cfg.features.history_as_of is HistoryAsOf.DAY
+    # Text where they leave the config: log lines and records say "freeze", the dump the YAML value.
+    assert f"{cfg.train.phases[0].name}" == "freeze" and cfg.train.backend == "nccl"
+    dumped = cfg.model_dump(mode="json")
+    assert dumped["eval"]["baseline_versions"] == {"no_sharing": "v7"}
+    assert dumped["train"]["phases"][0]["name"] == "freeze"
+    assert load_config(None).batch.device is InferenceDevice.AUTO
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("batch.target_categories=[games]", "batch.categories_for_all_users"),
+     ("batch.block_size=64", "batch.users_per_block"),
+     ("eval.block_size=64", "eval.users_per_block")],
+)
+def test_renamed_keys_fail_naming_the_new_key(old, new):
+    key = old.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"{key}: renamed to {new}"):
+        load_config(REPO / "conf" / "local.yaml", [old])
+    section, name = new.split(".")
+    assert getattr(load_config(None, [f"{new}={old.partition('=')[2]}"]), section).model_fields_set == {name}
+
+
+# Checks across keys run when the config loads, so a job fails before its first step (the
+# trained-baseline check used to run in evaluate after the whole ALS search).
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["eval.baselines=[als, no_sharing]"],
+         r"eval: .*baselines has \['no_sharing'\] but baseline_versions has no model_version"),
+        (["eval.baselines=[no_sharing, shared_no_transfer]", "eval.baseline_versions={no_sharing: v1}"],
+         r"eval: .*baselines has \['shared_no_transfer'\] but baseline_versions"),
+        (["eval.baselines=[als]", "eval.baseline_versions={als: v1}"],
+         r"eval: .*baseline_versions has \['als'\]: only the trained baselines"),
+        (["eval.baselines=[]", "eval.include_model=false"], r"eval: .*nothing to evaluate"),
+        (["eval.eval_id=x' OR 1=1"], r"eval\.eval_id: .*may only hold letters, digits"),
+        (["features.negatives.strategies=[]", "features.negatives.per_positive=2"],
+         r"features\.negatives: .*strategies is empty but per_positive is 2"),
+    ],
+)
+def test_cross_key_checks_fail_at_load(override, message):
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_config(REPO / "conf" / "local.yaml", override)
+    assert "(got {" not in str(raised.value)   # a section-level message does not echo the section
+
+
+def test_cross_key_checks_accept_the_consistent_forms():
+    trained = load_config(None, ["eval.baselines=[no_sharing]", "eval.baseline_versions={no_sharing: v1}"])
+    assert trained.eval.baseline_versions[Baseline.NO_SHARING] == "v1"
+    assert load_config(None, ["eval.baselines=[]"]).eval.include_model is True   # the model alone
+    assert load_config(None, ["eval.baselines=[]", "eval.include_model=false",
+                              "eval.include_candidates=true"]).eval.baselines == []
+    assert load_config(None, ["features.negatives.strategies=[]",
+                              "features.negatives.per_positive=0"]).features.negatives.strategies == []

@@ -145,5 +145,18 @@ def test_eval_id_depends_on_inputs_systems_and_models(tmp_path):
     assert eval_id_for(cfg, ["a", "b"], {"model": "m2"}, inputs) != base
     assert eval_id_for(cfg.with_overrides(["eval.seed=6"]), ["a", "b"], {"model": "m1"}, inputs) != base
     assert eval_id_for(cfg.with_overrides(["eval.eval_id=mine-1"]), ["a"], {}, inputs) == "mine-1"
-    with pytest.raises(ValueError, match="may only hold"):
-        eval_id_for(cfg.with_overrides(["eval.eval_id=x' OR 1=1"]), ["a"], {}, inputs)
+    # How many users a ranking call takes does not change the numbers.
+    assert eval_id_for(cfg.with_overrides(["eval.users_per_block=7"]), ["a", "b"], {"model": "m1"}, inputs) == base
+    on_valid = eval_id_for(cfg.with_overrides(["eval.split=valid"]), ["a", "b"], {"model": "m1"}, inputs)
+    assert on_valid.startswith("valid-") and on_valid[len("valid-"):] != base[len("test-"):]
+
+
+def test_evaluate_looks_up_the_models_before_it_reads_or_ranks_anything(lakehouse, lakehouse_root):
+    # An empty lakehouse: the model's missing gold.runs row is what fails, not silver.interactions
+    # (read next) nor the ALS search (which used to run first).
+    from xrec_spark.eval.evaluate import evaluate
+    from xrec_spark.lineage import NoModelError
+
+    cfg = make_config(lakehouse_root, eval={"baselines": ["als"], "model_version": "m9"})
+    with pytest.raises(NoModelError, match=r"gold\.runs does not exist"):
+        evaluate(lakehouse, cfg)

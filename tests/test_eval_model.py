@@ -37,7 +37,7 @@ def test_model_rankings_from_checkpoint_equal_reference(lakehouse, lakehouse_roo
     model.set_content(_content(9))
     write_silver(lakehouse)
     write_run(lakehouse, "m1", path)
-    cfg = make_config(lakehouse_root, features={"history_length": 4}, eval={"block_size": 2})
+    cfg = make_config(lakehouse_root, features={"history_length": 4}, eval={"users_per_block": 2})
     spark = lakehouse.spark
     pairs = spark.createDataFrame(PAIRS, "user_idx int, category_idx int")
     seen = spark.createDataFrame(SEEN, "user_idx int, item_idx int")

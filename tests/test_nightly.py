@@ -110,7 +110,7 @@ def _config(root, landing: str):
         root,
         ingest={"events": {"path": landing, "format": "csv", "columns": columns}},
         features={"history_length": 5, "negatives": {"per_positive": 1}, "training_files": 2},
-        batch={"top_k": 3, "user_top_categories": 1, "target_categories": ["c3"], "retrain_every_days": 7,
+        batch={"top_k": 3, "user_top_categories": 1, "categories_for_all_users": ["c3"], "retrain_every_days": 7,
                "drift_threshold": 0.5},
         eval={"baselines": [], "bootstrap_samples": 10, "ks": [3]},
     )

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import date
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Literal, Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from xrec_spark import names
 
 
 class ConfigError(ValueError):
@@ -25,6 +28,12 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+# Closed choices whose values leave the config as text (phase names in the trainer's records
+# and log lines, the process-group backend, split and system names in tables) are StrEnums:
+# their str() and f-string form is the value ("freeze", not "TransferPhase.FREEZE"). The
+# (str, Enum) ones are read through ``.value`` where they leave the config.
 
 
 # --------------------------------------------------------------------------- spark / storage
@@ -187,6 +196,13 @@ class NegativeStrategy(str, Enum):
     CROSS_CATEGORY = "cross_category"
 
 
+class HistoryAsOf(StrEnum):
+    """Where a training example's history stops (``features.history_as_of``)."""
+
+    EVENT = "event"
+    DAY = "day"
+
+
 class SplitConfig(_Section):
     """Global temporal split: by fractions of events in time order, or by explicit dates."""
 
@@ -218,6 +234,13 @@ class NegativesConfig(_Section):
     # up to attempts - 1 times; a slot whose draws all hit is left empty (counted in the summary).
     attempts: int = Field(3, ge=1)
 
+    @model_validator(mode="after")
+    def _strategies_to_draw_from(self) -> "NegativesConfig":
+        if self.per_positive > 0 and not self.strategies:
+            raise ValueError(f"strategies is empty but per_positive is {self.per_positive}; give at least one of "
+                             f"{[s.value for s in NegativeStrategy]} or set per_positive: 0")
+        return self
+
 
 class FeaturesConfig(_Section):
     # None: every event is a positive; else value >= this threshold.
@@ -232,7 +255,7 @@ class FeaturesConfig(_Section):
     # ("event"), or before its UTC day ("day"). Served histories are days to weeks old when the
     # next item comes; "day" keeps the items of the same session (seconds apart in MovieLens,
     # ordered by the rating page) out of what the model learns to predict from.
-    history_as_of: Literal["event", "day"] = "event"
+    history_as_of: HistoryAsOf = HistoryAsOf.EVENT
     split: SplitConfig = SplitConfig()
     negatives: NegativesConfig = NegativesConfig()
     # Files of silver.training_examples: petastorm needs >= processes x a few row groups.
@@ -335,10 +358,20 @@ class LoaderKind(str, Enum):
     ARROW = "arrow"
 
 
+class TransferPhase(StrEnum):
+    """A transfer phase (``train.phases[].name``; the rules are in ``model/transfer.py``):
+    pretrain trains the shared parameters and the source heads on source categories, freeze
+    the target heads alone on target categories, finetune everything on both."""
+
+    PRETRAIN = "pretrain"
+    FREEZE = "freeze"
+    FINETUNE = "finetune"
+
+
 class PhaseConfig(_Section):
     """One transfer phase: pretrain (shared, sources), freeze (target heads), finetune (all)."""
 
-    name: str
+    name: TransferPhase
     epochs: int = Field(1, ge=0)
     lr: float = Field(1e-3, gt=0)
     shared_lr_scale: float = Field(1.0, ge=0)
@@ -379,21 +412,29 @@ class TrialConfig(_Section):
     pruner: PrunerConfig = PrunerConfig()
 
 
+class DistBackend(StrEnum):
+    """torch.distributed backend of the training ranks on CUDA (CPU ranks always use gloo)."""
+
+    GLOO = "gloo"
+    NCCL = "nccl"
+
+
 class TrainConfig(_Section):
     num_processes: int = Field(2, ge=1)
     local_mode: bool = True
+    # Training ranks on CUDA (TorchDistributor's use_gpu); the export's device is batch.device.
     use_gpu: bool = False
-    backend: str = "gloo"
+    backend: DistBackend = DistBackend.GLOO
     loader: LoaderKind = LoaderKind.PETASTORM
     batch_size: int = Field(1024, ge=1)
     phases: list[PhaseConfig] = Field(
         default_factory=lambda: [
-            PhaseConfig(name="pretrain", epochs=2, lr=2e-3),
-            PhaseConfig(name="freeze", epochs=1, lr=2e-3),
-            PhaseConfig(name="finetune", epochs=1, lr=1e-3, shared_lr_scale=0.1),
+            PhaseConfig(name=TransferPhase.PRETRAIN, epochs=2, lr=2e-3),
+            PhaseConfig(name=TransferPhase.FREEZE, epochs=1, lr=2e-3),
+            PhaseConfig(name=TransferPhase.FINETUNE, epochs=1, lr=1e-3, shared_lr_scale=0.1),
         ]
     )
-    # Target categories (natural ids) for transfer; empty = all categories are targets.
+    # Target categories (natural ids) of the transfer phases; empty = all categories are targets.
     target_categories: list[str] = Field(default_factory=list)
     source_top_n: int = Field(5, ge=1)
     grad_clip: float = Field(5.0, gt=0)
@@ -419,6 +460,16 @@ class SearchKind(str, Enum):
     FAISS = "faiss"
 
 
+class InferenceDevice(StrEnum):
+    """Where the export's workers (and the evaluation's, for vectors the export lacks) run the
+    towers: ``auto`` is CUDA when the driver sees a CUDA device, else the CPU; ``cuda`` also
+    when only the executors have GPUs."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
 class BatchConfig(_Section):
     top_k: int = Field(100, ge=1)
     exclude_seen: bool = True
@@ -426,20 +477,49 @@ class BatchConfig(_Section):
     # Also each user's N untouched categories ranked highest by silver.category_transfer from
     # the categories they use: the cross-category recommendations.
     transfer_categories: int = Field(0, ge=0)
-    target_categories: list[str] = Field(default_factory=list)
+    # Categories (natural ids) every user gets a vector and candidates in; empty = the transfer
+    # targets, train.target_categories.
+    categories_for_all_users: list[str] = Field(default_factory=list)
     # Serve every user the categories nobody has train activity in yet (a category launched
     # after the train cutoff): its items are scored from their content until it has history.
     serve_new_categories: bool = True
     search: SearchKind = SearchKind.EXACT
-    block_size: int = Field(4096, ge=1)
+    # Users of one category ranked per kernel call in candidate generation (memory: this many
+    # users x the K kept, plus the kernel's tiles).
+    users_per_block: int = Field(4096, ge=1)
     faiss_nlist: int = Field(256, ge=1)
     faiss_nprobe: int = Field(32, ge=1)
+    # Rows per forward pass of the export's towers, which run on device (InferenceDevice).
     export_batch_size: int = Field(4096, ge=1)
+    device: InferenceDevice = InferenceDevice.AUTO
     # Nightly: retrain when the latest model is this many days older than the run date
     # (1 = every night, 0 = never on schedule, only on drift) ...
     retrain_every_days: int = Field(7, ge=0)
     # ... or when the events added since its training are this share of the events it saw.
     drift_threshold: float = Field(0.2, gt=0)
+
+
+class EvalSplit(StrEnum):
+    """The held-out split ``xrec evaluate`` scores (values of silver.interactions.split)."""
+
+    VALID = names.VALID
+    TEST = names.TEST
+
+
+class Baseline(StrEnum):
+    """A baseline system of ``xrec evaluate`` (also its ``system`` in gold.metrics). The trained
+    ones rank with a model trained as a baseline, named in ``eval.baseline_versions``."""
+
+    POPULARITY_GLOBAL = "popularity_global"
+    POPULARITY_CATEGORY = "popularity_category"
+    ALS = "als"
+    EASE = "ease"
+    NO_SHARING = "no_sharing"
+    SHARED_NO_TRANSFER = "shared_no_transfer"
+
+
+TRAINED_BASELINES: tuple[Baseline, ...] = (Baseline.NO_SHARING, Baseline.SHARED_NO_TRANSFER)
+_SAFE_ID = re.compile(names.SAFE_ID_PATTERN)
 
 
 class EvalConfig(_Section):
@@ -448,20 +528,22 @@ class EvalConfig(_Section):
     report_dir: str = "report"
     seed: int = 5
     # Held-out split scored by `xrec evaluate`; baselines are tuned on valid whatever this is.
-    split: str = Field("test", pattern="^(valid|test)$")
-    # Baseline systems (popularity_global, popularity_category, als, ease; no_sharing and
-    # shared_no_transfer once their training runs exist).
-    baselines: list[str] = Field(default_factory=lambda: ["popularity_global", "popularity_category", "als", "ease"])
+    split: EvalSplit = EvalSplit.TEST
+    # Baseline systems (no_sharing and shared_no_transfer need their training runs, given in
+    # baseline_versions).
+    baselines: list[Baseline] = Field(default_factory=lambda: [
+        Baseline.POPULARITY_GLOBAL, Baseline.POPULARITY_CATEGORY, Baseline.ALS, Baseline.EASE])
     # Also rank with the trained model (gold.user_embeddings / gold.item_embeddings).
     include_model: bool = True
     # Also score the served lists of gold.candidates (latest run_date) as system "candidates".
     include_candidates: bool = False
-    # model_version (gold.runs) of each baseline trained by the training job, e.g.
+    # model_version (gold.runs) of each trained baseline in baselines, e.g.
     # {no_sharing: <version>, shared_no_transfer: <version>}.
-    baseline_versions: dict[str, str] = Field(default_factory=dict)
+    baseline_versions: dict[Baseline, str] = Field(default_factory=dict)
     # Model version to evaluate; None = the latest run in gold.runs.
     model_version: str | None = None
     # gold.metrics partition key; None = derived from split, systems, model and input versions.
+    # Written into a replaceWhere predicate, so only letters, digits and . _ : + -.
     eval_id: str | None = None
     # ALS staged search, every point chosen by NDCG@tune_k on valid: stage 1 fits
     # als_reg_params x als_alphas at als_base_rank, stage 2 fits als_ranks at the best
@@ -477,21 +559,42 @@ class EvalConfig(_Section):
     ease_items: int = Field(10_000, ge=1)
     ease_lambdas: list[float] = Field(default_factory=lambda: [10.0, 50.0, 200.0, 1000.0, 5000.0])
     tune_k: int = Field(10, ge=1)
-    # Users scored per matrix product in full ranking (memory: block x items of a category).
-    block_size: int = Field(1024, ge=1)
+    # Users of one category ranked per kernel call in full ranking, for every system (memory:
+    # this many users x the largest K kept, plus the kernel's tiles).
+    users_per_block: int = Field(1024, ge=1)
+
+    @field_validator("eval_id")
+    @classmethod
+    def _safe_eval_id(cls, value: str | None) -> str | None:
+        if value is not None and not _SAFE_ID.match(value):
+            raise ValueError("may only hold letters, digits and . _ : + - (it goes into a replaceWhere predicate)")
+        return value
 
     @model_validator(mode="after")
     def _known_values(self) -> "EvalConfig":
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be a non-empty list of cut-offs >= 1; got {self.ks}")
-        allowed = {"popularity_global", "popularity_category", "als", "ease", "no_sharing", "shared_no_transfer"}
-        unknown = [b for b in self.baselines if b not in allowed]
-        if unknown:
-            raise ValueError(f"baselines: unknown {unknown}; allowed: {sorted(allowed)}")
         for key in ("als_reg_params", "als_alphas", "als_ranks", "ease_lambdas"):
             values = getattr(self, key)
             if not values or min(values) <= 0:
                 raise ValueError(f"{key} must be a non-empty list of positive values; got {values}")
+        return self
+
+    @model_validator(mode="after")
+    def _systems_to_evaluate(self) -> "EvalConfig":
+        # Checked here, not when the job reaches the system: the ALS search runs first and takes
+        # minutes.
+        if not self.baselines and not self.include_model and not self.include_candidates:
+            raise ValueError("nothing to evaluate: baselines is empty and include_model and include_candidates "
+                             "are false")
+        missing = [b.value for b in self.baselines if b in TRAINED_BASELINES and not self.baseline_versions.get(b)]
+        if missing:
+            raise ValueError(f"baselines has {missing} but baseline_versions has no model_version for them: train "
+                             "them (bench/quality.py does) and pass {name: model_version}")
+        untrained = [b.value for b in self.baseline_versions if b not in TRAINED_BASELINES]
+        if untrained:
+            raise ValueError(f"baseline_versions has {untrained}: only the trained baselines "
+                             f"{[b.value for b in TRAINED_BASELINES]} have a model_version")
         return self
 
 
@@ -557,15 +660,28 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     return sorted(getattr(model, "model_fields", {}))
 
 
+# Keys that were renamed: the old name fails naming the new one.
+RENAMED_KEYS: dict[str, str] = {
+    "batch.target_categories": "batch.categories_for_all_users",
+    "batch.block_size": "batch.users_per_block",
+    "eval.block_size": "eval.users_per_block",
+}
+
+
 def _format_errors(error: ValidationError, origin: str) -> str:
     lines = []
     for err in error.errors():
         loc = tuple(err["loc"])
         key = ".".join(str(p) for p in loc) or "<root>"
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and key in RENAMED_KEYS:
+            lines.append(f"{key}: renamed to {RENAMED_KEYS[key]}")
+        elif err["type"] == "extra_forbidden":
             allowed = _allowed_keys(loc)
             hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
             lines.append(f"{key}: unknown key{hint}")
+        elif isinstance(err.get("input"), dict):
+            # A check across a section's keys: the message names them; the section is too long to echo.
+            lines.append(f"{key}: {err['msg']}")
         else:
             lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
     return f"invalid configuration from {origin}:\n  " + "\n  ".join(lines)

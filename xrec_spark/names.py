@@ -1,4 +1,5 @@
-"""Names every layer shares: columns of a ranked list, split and slice values of silver.interactions.
+"""Names every layer shares: columns of a ranked list, split and slice values of silver.interactions,
+the characters of an id that goes into a predicate.
 
 The features job writes the split and slice values, training's validation and the evaluation
 read them, and the ranking engine produces the ranked-list columns that candidate generation and
@@ -24,3 +25,8 @@ TRAIN, VALID, TEST = "train", "valid", "test"
 COLD_ITEM, COLD_USER, WARM, CROSS_CATEGORY = "cold_item", "cold_user", "warm", "cross_category"
 # The order the features job tries them in: the first that applies to an interaction wins.
 SLICE_PRECEDENCE: tuple[str, ...] = (COLD_ITEM, COLD_USER, WARM, CROSS_CATEGORY)
+
+# Ids written into a replaceWhere predicate (eval_id, model_version): letters, digits and . _ : + -
+# only, so a quote can never widen the predicate (tables.sql_string; eval.eval_id is checked
+# against it when the config loads).
+SAFE_ID_PATTERN = r"^[A-Za-z0-9._:+\-]+$"

@@ -34,6 +34,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from xrec_spark.names import SAFE_ID_PATTERN
 from xrec_spark.table_specs import (  # noqa: F401  (re-exported: the one import place of table specs)
     ALL_TABLES, BRONZE_EVENTS, BRONZE_ITEMS, BRONZE_QUARANTINE, CANDIDATES, CATEGORY_INDEX, CATEGORY_TRANSFER,
     INGESTED_FILES, INTERACTIONS, ITEM_EMBEDDINGS, ITEM_FEATURES, ITEM_INDEX, JOB_LOG, METRICS, RUNS,
@@ -64,7 +65,7 @@ class SchemaMismatchError(ValueError):
 # ----------------------------------------------------------------------------------- checks
 
 
-_SAFE_LITERAL = re.compile(r"^[A-Za-z0-9._:+\-]+$")
+_SAFE_LITERAL = re.compile(SAFE_ID_PATTERN)
 
 
 def sql_string(value: str, what: str) -> str:

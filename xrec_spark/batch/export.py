@@ -3,8 +3,8 @@
 Distributed inference with ``mapInPandas``: the checkpoint file's bytes and the item content
 (rows of silver.item_features) are broadcast once; each Python worker rebuilds the model from
 them the first time it needs it and keeps it for later tasks (:class:`ModelHandle`). Batches of
-``batch.export_batch_size`` rows go through ``item_vectors`` / ``user_vectors`` on the GPU when
-``train.use_gpu`` and CUDA is there, else on the CPU.
+``batch.export_batch_size`` rows go through ``item_vectors`` / ``user_vectors`` on
+``batch.device`` (``auto``: the GPU when the driver sees CUDA, else the CPU).
 
 Tables: gold.item_embeddings (every item of silver.item_features; items the model never saw
 in training get their vector from the content tower, ``cold = train_count == 0``) and
@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from xrec_spark.batch.pairs import served_categories, serving_pairs
-from xrec_spark.config import JobConfig
+from xrec_spark.config import InferenceDevice, JobConfig
 from xrec_spark.lineage import JobRun, ModelRun, model_run
 from xrec_spark.tables import (
     CATEGORY_INDEX, CATEGORY_TRANSFER, ITEM_EMBEDDINGS, ITEM_FEATURES, USER_CATEGORY_AFFINITY, USER_EMBEDDINGS,
@@ -101,15 +101,15 @@ _WORKER_MODELS: dict[str, Any] = {}
 
 
 def export_device(cfg: JobConfig) -> str:
-    """"cuda" when ``train.use_gpu`` and the driver sees a CUDA device, else "cpu"."""
-    if not cfg.train.use_gpu:
-        return "cpu"
+    """The torch device the workers run the towers on (``batch.device``): "cpu", "cuda", or for
+    ``auto`` "cuda" when the driver sees a CUDA device, else "cpu". ``cuda`` is not checked on
+    the driver: executors may have GPUs that a driver without one cannot see."""
+    wanted = cfg.batch.device
+    if wanted is not InferenceDevice.AUTO:
+        return wanted.value
     import torch
 
-    if torch.cuda.is_available():
-        return "cuda"
-    log.warning("train.use_gpu is true but CUDA is not available here: exporting on the CPU")
-    return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _batches(frames: Iterator[pd.DataFrame], size: int) -> Iterator[pd.DataFrame]:
@@ -228,18 +228,20 @@ def export_embeddings(lake: Lakehouse, cfg: JobConfig, model_version: str | None
 def _export(lake: Lakehouse, cfg: JobConfig, run: ModelRun) -> ExportResult:
     """Write both embedding tables of ``run``'s model; returns what they hold for it."""
     where = f"model_version = {sql_string(run.model_version, 'model_version')}"
+    device = export_device(cfg)
     checkpoint = read_checkpoint_bytes(run.checkpoint_path)
     inputs = lake.versions(INPUTS)
+    # Before any vector is written: an unknown served category fails here (small tables).
+    affinity = lake.read(USER_CATEGORY_AFFINITY, inputs.get(USER_CATEGORY_AFFINITY.qualified))
+    targets = served_categories(lake.read(CATEGORY_INDEX, inputs.get(CATEGORY_INDEX.qualified)), affinity, cfg)
     sc = lake.spark.sparkContext
     features = lake.read(ITEM_FEATURES, inputs.get(ITEM_FEATURES.qualified))
     content = features.select(*CONTENT_COLUMNS).toArrow().to_pandas()
     handle = ModelHandle(sc.broadcast(checkpoint), sc.broadcast(content),
-                         uuid.uuid4().hex, export_device(cfg), int(sc.getConf().get("spark.task.cpus", "1")))
+                         uuid.uuid4().hex, device, int(sc.getConf().get("spark.task.cpus", "1")))
     try:
         items = item_embedding_rows(features, handle, run.model_version, cfg.batch.export_batch_size)
         lake.overwrite(ITEM_EMBEDDINGS, items, replace_where=where, job=JOB)
-        affinity = lake.read(USER_CATEGORY_AFFINITY, inputs.get(USER_CATEGORY_AFFINITY.qualified))
-        targets = served_categories(lake.read(CATEGORY_INDEX, inputs.get(CATEGORY_INDEX.qualified)), affinity, cfg)
         transfer = (lake.read(CATEGORY_TRANSFER, inputs[CATEGORY_TRANSFER.qualified])
                     if CATEGORY_TRANSFER.qualified in inputs else None)
         pairs = serving_pairs(lake.read(USER_INDEX, inputs.get(USER_INDEX.qualified)), affinity, transfer, cfg,

@@ -72,11 +72,11 @@ def candidate_rows(pairs: DataFrame, user_vectors: DataFrame | None, item_vector
     else:
         model_pairs = user_vectors.join(pairs.select("user_idx", "category_idx"), ["user_idx", "category_idx"])
         model = rank_by_vectors(model_pairs, item_vectors, b.top_k, exclude, search=b.search,
-                                block_size=b.block_size, faiss_nlist=b.faiss_nlist, faiss_nprobe=b.faiss_nprobe)
+                                block_size=b.users_per_block, faiss_nlist=b.faiss_nlist, faiss_nprobe=b.faiss_nprobe)
         model = model.withColumn("source", F.lit(MODEL))
         fallback_pairs = pairs.join(user_vectors.select("user_idx", "category_idx"),
                                     ["user_idx", "category_idx"], "left_anti")
-    fallback = (rank_by_popularity(fallback_pairs, item_features, b.top_k, exclude, b.block_size)
+    fallback = (rank_by_popularity(fallback_pairs, item_features, b.top_k, exclude, b.users_per_block)
                 .withColumn("source", F.lit(FALLBACK)))
     return fallback if model is None else model.unionByName(fallback)
 

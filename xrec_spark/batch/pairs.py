@@ -2,11 +2,12 @@
 
 For every indexed user: the user's top ``user_top_categories`` categories by affinity, the
 ``transfer_categories`` categories the user never touched that the category-transfer matrix
-ranks highest from the categories they did touch, and every **served category**: the target
-categories, plus (``batch.serve_new_categories``) every category nobody has train activity in
-yet, such as one that appeared after the train cutoff. A category the user never touched is the
-cross-category case: the user's vector for it comes from history in other categories, and a new
-category's items from their content.
+ranks highest from the categories they did touch, and every **served category**:
+``batch.categories_for_all_users`` (the transfer targets when empty), plus
+(``batch.serve_new_categories``) every category nobody has train activity in yet, such as one
+that appeared after the train cutoff. A category the user never touched is the cross-category
+case: the user's vector for it comes from history in other categories, and a new category's
+items from their content.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from xrec_spark.config import JobConfig
 
 
 def target_category_names(cfg: JobConfig) -> list[str]:
-    """``batch.target_categories``, or the transfer targets ``train.target_categories`` when empty."""
-    return list(cfg.batch.target_categories or cfg.train.target_categories)
+    """``batch.categories_for_all_users``, or the transfer targets ``train.target_categories``
+    when empty."""
+    return list(cfg.batch.categories_for_all_users or cfg.train.target_categories)
 
 
 def category_ids(category_index: DataFrame, names: Sequence[str]) -> list[int]:
@@ -38,7 +40,8 @@ def category_ids(category_index: DataFrame, names: Sequence[str]) -> list[int]:
     unknown = [n for n in wanted if n not in found]
     if unknown:
         known = [r["category"] for r in category_index.select("category").orderBy("category").limit(10).collect()]
-        raise ValueError(f"batch.target_categories: unknown categories {unknown} (not in silver.category_index); "
+        raise ValueError(f"batch.categories_for_all_users (or train.target_categories): unknown categories "
+                         f"{unknown} (not in silver.category_index); "
                          f"known include {known}")
     return sorted(set(found[n] for n in wanted))
 

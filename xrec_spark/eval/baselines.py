@@ -27,7 +27,7 @@ from pyspark.ml.recommendation import ALS
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from xrec_spark.config import EvalConfig
+from xrec_spark.config import Baseline, EvalConfig
 from xrec_spark.eval import columns as C
 from xrec_spark.eval import ease as E
 from xrec_spark.eval.metrics import group_metrics, ranked_lists, relevant_groups, system_rankings
@@ -36,7 +36,8 @@ from xrec_spark.ranking.spark import rank_by_vectors
 
 log = logging.getLogger(__name__)
 
-POP_CATEGORY, POP_GLOBAL, ALS_NAME, EASE_NAME = "popularity_category", "popularity_global", "als", E.EASE_NAME
+POP_CATEGORY, POP_GLOBAL = Baseline.POPULARITY_CATEGORY.value, Baseline.POPULARITY_GLOBAL.value
+ALS_NAME, EASE_NAME = Baseline.ALS.value, E.EASE_NAME
 BASELINES: tuple[str, ...] = (POP_GLOBAL, POP_CATEGORY, ALS_NAME, EASE_NAME)
 _GLOBAL = 0  # pseudo category holding every item for the global list
 

@@ -32,6 +32,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
 from xrec_spark.checks import check_columns
+from xrec_spark.config import Baseline
 from xrec_spark.eval import columns as C
 from xrec_spark.eval.metrics import system_rankings
 from xrec_spark.eval.reference_metrics import ndcg_at_k
@@ -40,7 +41,7 @@ from xrec_spark.ranking.spark import RANKED_SCHEMA
 
 log = logging.getLogger(__name__)
 
-EASE_NAME = "ease"
+EASE_NAME = Baseline.EASE.value
 _BLOCK = 2048  # users per dense block of X (memory: block x N float32)
 
 

@@ -23,13 +23,13 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from xrec_spark.config import JobConfig
+from xrec_spark.config import TRAINED_BASELINES, EvalConfig, JobConfig
 from xrec_spark.eval import baselines as B
 from xrec_spark.eval import columns as C
 from xrec_spark.eval.bootstrap import is_difference, summarize
 from xrec_spark.eval.metrics import coverage_and_popularity, group_metrics, ranked_lists, relevant_groups
 from xrec_spark.eval.model_rankings import model_rankings
-from xrec_spark.lineage import JobRun, digest, model_run, utc_now
+from xrec_spark.lineage import JobRun, ModelRun, digest, model_run, utc_now
 from xrec_spark.tables import (
     CANDIDATES, CATEGORY_INDEX, INTERACTIONS, ITEM_EMBEDDINGS, ITEM_FEATURES, METRICS, RUNS, USER_EMBEDDINGS, USER_HISTORY,
     Lakehouse, sql_string)
@@ -40,7 +40,6 @@ JOB = "evaluate"
 MODEL = "model"
 CANDIDATES_SYSTEM = "candidates"
 METRICS_SPLIT = "split"   # gold.metrics column: the split a row was measured on
-TRAINED_BASELINES = ("no_sharing", "shared_no_transfer")
 DATA_INPUTS = (INTERACTIONS, ITEM_FEATURES, CATEGORY_INDEX)
 MODEL_INPUTS = (USER_HISTORY, ITEM_EMBEDDINGS, USER_EMBEDDINGS, RUNS)
 # The model's tables are read with eval.include_model, gold.candidates with eval.include_candidates.
@@ -84,21 +83,22 @@ class EvalResult:
 def eval_id_for(cfg: JobConfig, systems: list[str], model_versions: dict[str, str],
                 inputs: dict[str, int]) -> str:
     """``<split>-<sha256[:16]>`` of everything that determines the numbers (not gold.runs'
-    version: a new unrelated training run does not change an evaluation)."""
+    version: a new unrelated training run does not change an evaluation; not where the report
+    goes or how many users a ranking call takes), or ``eval.eval_id`` when set."""
     if cfg.eval.eval_id:
-        sql_string(cfg.eval.eval_id, "eval.eval_id")
         return cfg.eval.eval_id
-    eval_cfg = {k: v for k, v in cfg.eval.model_dump(mode="json").items() if k not in ("report_dir", "eval_id")}
+    eval_cfg = {k: v for k, v in cfg.eval.model_dump(mode="json").items()
+                if k not in ("report_dir", "eval_id", "users_per_block")}
     body = {"systems": sorted(systems), "models": dict(sorted(model_versions.items())),
             "inputs": {k: v for k, v in sorted(inputs.items()) if k != RUNS.qualified}, "eval": eval_cfg}
-    return f"{cfg.eval.split}-{digest(body, 16)}"
+    return f"{cfg.eval.split.value}-{digest(body, 16)}"
 
 
 def _baseline_rankings(name: str, interactions: DataFrame, features: DataFrame, pairs: DataFrame,
                        seen: DataFrame, cfg: JobConfig, k: int) -> tuple[DataFrame, list[dict[str, Any]]]:
     """A baseline's rankings of ``pairs`` and, for a tuned one, every point it tried on valid
     (``system`` = ``name[param=value,...]``, ``valid_ndcg``, ``groups``, the params)."""
-    block = cfg.eval.block_size
+    block = cfg.eval.users_per_block
     if name == B.POP_CATEGORY:
         return B.popularity_category(pairs, features, seen, k, block), []
     if name == B.POP_GLOBAL:
@@ -151,38 +151,45 @@ def evaluate(lake: Lakehouse, cfg: JobConfig) -> EvalResult:
     """The whole evaluation job (see module docstring); returns what it wrote."""
     started = datetime.now(timezone.utc)
     ev = cfg.eval
+    split = ev.split.value
     inputs = lake.versions(DATA_INPUTS + (MODEL_INPUTS if ev.include_model or _trained(ev) else ())
                            + ((CANDIDATES,) if ev.include_candidates else ()))
+    # Everything that can fail without ranking is looked up before the baselines (the ALS
+    # search takes minutes): the models' gold.runs rows, the served candidates, the groups.
+    runs: list[tuple[str, ModelRun]] = [(system, model_run(lake, version)) for system, version in _model_systems(cfg)]
+    candidates = served_candidates(lake) if ev.include_candidates else None
     interactions = lake.read(INTERACTIONS, inputs.get(INTERACTIONS.qualified))
     features = lake.read(ITEM_FEATURES, inputs.get(ITEM_FEATURES.qualified))
     names = {int(r["category_idx"]): r["category"] for r in
              lake.read(CATEGORY_INDEX, inputs.get(CATEGORY_INDEX.qualified)).collect()}
     k_max = max(ev.ks)
-    groups = relevant_groups(interactions, ev.split).persist(StorageLevel.MEMORY_AND_DISK)
+    groups = relevant_groups(interactions, split).persist(StorageLevel.MEMORY_AND_DISK)
+    if groups.isEmpty():
+        groups.unpersist()
+        raise ValueError(f"silver.interactions has no {split} positives: nothing to evaluate "
+                         "(check features.split fractions/dates)")
     pairs = groups.where(F.col(C.SLICE) == C.ALL).select(C.USER, C.CATEGORY)
-    seen = B.seen_before(interactions, ev.split)
+    seen = B.seen_before(interactions, split)
 
     parts: list[DataFrame] = []
     als_grid: list[dict[str, Any]] = []
     handles = []
-    for name in ev.baselines:
-        if name in TRAINED_BASELINES:
-            continue
-        ranking, grid = _baseline_rankings(name, interactions, features, pairs, seen, cfg, k_max)
+    for baseline in ev.baselines:
+        if baseline in TRAINED_BASELINES:
+            continue   # ranked with its model below
+        ranking, grid = _baseline_rankings(baseline.value, interactions, features, pairs, seen, cfg, k_max)
         parts.append(ranking)
         als_grid += grid
     model_versions: dict[str, str] = {}
-    for system, version in _model_systems(cfg):
-        run = model_run(lake, version)
+    for system, run in runs:
         ranking, counts, handle = model_rankings(lake, cfg, run, pairs, seen, k_max, system)
         log.info("%s = model %s: %s", system, run.model_version, counts)
         parts.append(ranking)
         handles.append(handle)
         model_versions[system] = run.model_version
-    if ev.include_candidates:
-        parts.append(served_candidates(lake))
-    if not parts:
-        raise ValueError("nothing to evaluate: eval.baselines is empty and eval.include_model is false")
+    if candidates is not None:
+        parts.append(candidates)
+    # Not empty: the config has at least one system (EvalConfig._systems_to_evaluate).
     rankings = parts[0]
     for part in parts[1:]:
         rankings = rankings.unionByName(part)
@@ -195,8 +202,7 @@ def evaluate(lake: Lakehouse, cfg: JobConfig) -> EvalResult:
             handle.release()
         per_group = group_metrics(ranked_lists(rankings), groups, ev.ks).toPandas()
         if per_group.empty:
-            raise ValueError(f"silver.interactions has no {ev.split} positives: nothing to evaluate "
-                             "(check features.split fractions/dates)")
+            raise ValueError(f"no system ranked any of the {split} groups: every ranking came back empty")
         log.info("per-group metrics: %d rows in %.1f s", len(per_group), time.perf_counter() - tick)
         references = [MODEL] if MODEL in set(per_group[C.SYSTEM]) else []
         summary = summarize(per_group, ev.bootstrap_samples, ev.seed, paired_with=references)
@@ -210,15 +216,15 @@ def evaluate(lake: Lakehouse, cfg: JobConfig) -> EvalResult:
         groups.unpersist()
     systems = sorted(s for s in summary[C.SYSTEM].unique() if not is_difference(s))
     eval_id = eval_id_for(cfg, systems, model_versions, inputs)
-    rows = _metric_rows(summary, coverage, names).assign(**{METRICS_SPLIT: ev.split})
+    rows = _metric_rows(summary, coverage, names).assign(**{METRICS_SPLIT: split})
     if als_grid:
         rows = pd.concat([rows, _grid_rows(als_grid, ev.tune_k)], ignore_index=True)
-    write_metrics(lake, rows, eval_id, ev.split, model_versions, inputs)
+    write_metrics(lake, rows, eval_id, split, model_versions, inputs)
     outputs = lake.versions(OUTPUTS)
     with JobRun(lake, JOB, eval_id, started_at=started) as job_run:
-        job_run.record(inputs, outputs, {"eval_id": eval_id, "split": ev.split, "systems": systems,
+        job_run.record(inputs, outputs, {"eval_id": eval_id, "split": split, "systems": systems,
                                          "models": model_versions, "ranked_rows": n_lists, "als_grid": als_grid})
-    return EvalResult(eval_id, ev.split, systems, model_versions, rows, als_grid, inputs, outputs)
+    return EvalResult(eval_id, split, systems, model_versions, rows, als_grid, inputs, outputs)
 
 
 def _grid_rows(grid: list[dict[str, Any]], k: int) -> pd.DataFrame:
@@ -243,20 +249,15 @@ def served_candidates(lake: Lakehouse) -> DataFrame:
             .select(F.lit(CANDIDATES_SYSTEM).alias(C.SYSTEM), C.USER, C.CATEGORY, C.RANK, C.ITEM, C.SCORE))
 
 
-def _trained(ev) -> bool:
+def _trained(ev: EvalConfig) -> bool:
     return any(b in TRAINED_BASELINES for b in ev.baselines)
 
 
 def _model_systems(cfg: JobConfig) -> list[tuple[str, str | None]]:
-    """(system name, model_version or None = latest) of every model-based system."""
+    """(system name, model_version or None = latest) of every model-based system; a trained
+    baseline's version is in ``eval.baseline_versions`` (the config checks it is there)."""
     out: list[tuple[str, str | None]] = []
     if cfg.eval.include_model:
         out.append((MODEL, cfg.eval.model_version))
-    for name in cfg.eval.baselines:
-        if name in TRAINED_BASELINES:
-            version = cfg.eval.baseline_versions.get(name)
-            if not version:
-                raise ValueError(f"eval.baselines has {name!r} but eval.baseline_versions.{name} is not set: "
-                                 f"train it (bench/quality.py does) and pass its model_version")
-            out.append((name, version))
+    out += [(b.value, cfg.eval.baseline_versions[b]) for b in cfg.eval.baselines if b in TRAINED_BASELINES]
     return out

@@ -106,5 +106,5 @@ def model_rankings(lake: Lakehouse, cfg: JobConfig, run: ModelRun, pairs: DataFr
     if users is None:  # no pairs at all
         users = pairs.select(C.USER, C.CATEGORY, F.array().cast("array<float>").alias(C.VECTOR)).limit(0)
     counts = {"computed_user_pairs": int(n_missing), "exported_item_vectors": int(bool(exported_items))}
-    rankings = system_rankings(rank_by_vectors(users, items, k, seen, block_size=cfg.eval.block_size), system)
+    rankings = system_rankings(rank_by_vectors(users, items, k, seen, block_size=cfg.eval.users_per_block), system)
     return rankings, counts, lazy

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from xrec_spark.config import EvalConfig, JobConfig, load_config
+from xrec_spark.config import TRAINED_BASELINES as TRAINED, Baseline, EvalConfig, JobConfig, load_config
 from xrec_spark.pipeline.stages import Context, Summary, stage
 from xrec_spark.session import get_spark
 from xrec_spark.tables import Lakehouse
@@ -27,10 +27,11 @@ from xrec_spark.tables import Lakehouse
 STEPS = ("ingest", "features", "train", "baselines", "evaluate", "report")
 # Baselines trained by the training job, as config overrides of the model's config.
 TRAINED_BASELINES: dict[str, list[str]] = {
-    "no_sharing": ["model.share_across_categories=false"],
-    "shared_no_transfer": ["model.history_encoder=none"],
+    Baseline.NO_SHARING.value: ["model.share_across_categories=false"],
+    Baseline.SHARED_NO_TRANSFER.value: ["model.history_encoder=none"],
 }
-EVAL_BASELINES = ("popularity_global", "popularity_category", "als", "ease")
+# Every other baseline: fitted by the evaluation itself.
+EVAL_BASELINES = tuple(b.value for b in Baseline if b not in TRAINED)
 # Keys whose EvalConfig defaults (the full ALS search, EASE's grid) the bench always uses.
 FULL_SEARCH_KEYS = ("als_base_rank", "als_reg_params", "als_alphas", "als_ranks", "als_max_iter",
                     "ease_items", "ease_lambdas")

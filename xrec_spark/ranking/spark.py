@@ -51,7 +51,7 @@ def _check_arguments(k: int, block_size: int, search: SearchKind | str) -> Searc
     """Every argument check, before anything is collected; messages name the config keys."""
     check_k(k, "batch.top_k, eval.ks")
     if block_size < 1:
-        raise ValueError(f"block_size must be >= 1 (batch.block_size, eval.block_size); got {block_size}")
+        raise ValueError(f"block_size must be >= 1 (batch.users_per_block, eval.users_per_block); got {block_size}")
     return _as_search(search)
 
 

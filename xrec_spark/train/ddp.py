@@ -110,7 +110,7 @@ def train(spec: TrainSpec) -> TrainResult:
         from xrec_spark.train.trainer import Trainer
 
         cfg = spec.job_config()
-        with ranks.process_group(cfg.train.use_gpu, cfg.train.backend) as info:
+        with ranks.process_group(cfg.train.use_gpu, cfg.train.backend.value) as info:
             summary = Trainer(spec, cfg, info, paths).fit()
             result = TrainResult(run_id=spec.run_id, model_version=spec.model_version, run_dir=str(paths.root),
                                  model_path=str(paths.model), metrics=summary["metrics"],
