@@ -72,7 +72,7 @@ def test_config_is_frozen():
         (["train.phases=[{name: warmup}]"],
          r"train\.phases\.0\.name: Input should be 'pretrain', 'freeze' or 'finetune' \(got 'warmup'\)"),
         (["batch.device=tpu"], r"batch\.device: Input should be 'auto', 'cpu' or 'cuda' \(got 'tpu'\)"),
-        (["features.history_as_of=week"], r"features\.history_as_of: Input should be 'event' or 'day'"),
+        (["features.history_as_of=week"], r"features\.history_as_of: Input should be 'event', 'day' or 'profile'"),
         (["eval.baseline_versions={ALS: v1}"], r"eval\.baseline_versions\.ALS\.\[key\]: Input should be"),
     ],
 )

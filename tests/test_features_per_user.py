@@ -47,6 +47,28 @@ def test_earlier_items_by_hand():
     ]
 
 
+def test_profile_items_by_hand():
+    """history_as_of=profile: the user's latest items at the end of train, minus the row's own."""
+    import pyarrow as pa
+
+    from xrec_spark.features.history import histories, profile_items
+
+    # user 1: items 10..13 in time order; user 2: 20, 21; user 3: one item
+    user = np.array([1, 1, 1, 1, 2, 2, 3])
+    item = np.array([10, 11, 12, 13, 20, 21, 30])
+    assert profile_items(user, item, 3).tolist() == [
+        [13, 12, 11],       # the latest three: the row's item (10) is not among them
+        [13, 12, 10],       # 11 left out, so the walk reaches 10
+        [13, 11, 10],
+        [12, 11, 10],
+        [21, 0, 0],         # user 2 never sees user 1's items
+        [20, 0, 0],
+        [0, 0, 0],          # a user's only item: nothing else to complete it from
+    ]
+    users = pa.table({"user_idx": user, "item_idx": item, "ts_us": np.arange(7)})
+    assert histories(users, 3, "profile").tolist() == profile_items(user, item, 3).tolist()
+
+
 def test_pool_draws_by_hand():
     # category 0: items 5 (w 1), 6 (w 3); category 2: item 9 (w 2); category 1 has no items.
     pool = Pool.build(np.array([6, 9, 5]), np.array([0, 2, 0]), np.array([3.0, 2.0, 1.0]))

@@ -201,6 +201,10 @@ class HistoryAsOf(StrEnum):
 
     EVENT = "event"
     DAY = "day"
+    # The user's end-of-train history (the one served) without the example's own item: the
+    # model learns to complete a profile, as EASE and Mult-DAE do, instead of predicting the
+    # next item from a shorter past that serving never shows it.
+    PROFILE = "profile"
 
 
 class SplitConfig(_Section):
@@ -254,7 +258,8 @@ class FeaturesConfig(_Section):
     # A training example's history: the user's train positives strictly before its event
     # ("event"), or before its UTC day ("day"). Served histories are days to weeks old when the
     # next item comes; "day" keeps the items of the same session (seconds apart in MovieLens,
-    # ordered by the rating page) out of what the model learns to predict from.
+    # ordered by the rating page) out of what the model learns to predict from. "profile": the
+    # user's last history_length train positives at the end of train, minus the example's item.
     history_as_of: HistoryAsOf = HistoryAsOf.EVENT
     split: SplitConfig = SplitConfig()
     negatives: NegativesConfig = NegativesConfig()

@@ -80,10 +80,35 @@ _TIME = "ts_us"  # epoch microseconds: the time order of a per-user pass
 _DAY_US = 86_400 * 1_000_000
 
 
+def profile_items(user: np.ndarray, item: np.ndarray, length: int) -> np.ndarray:
+    """For rows sorted by (user, ts, item): each row's user's last ``length`` items other than
+    the row's own, latest first, 0-padded (``(n, length)`` int32).
+
+    This is the user's history as of the end of train (``silver.user_history``, what serving
+    reads) with the row's item left out: the history a set model is trained to complete.
+    """
+    n = len(user)
+    positions = np.arange(n)
+    new_user = np.ones(n, dtype=bool)
+    new_user[1:] = user[1:] != user[:-1]
+    last_row = np.ones(n, dtype=bool)
+    last_row[:-1] = user[1:] != user[:-1]
+    user_start = np.maximum.accumulate(np.where(new_user, positions, 0))
+    user_end = np.minimum.accumulate(np.where(last_row, positions, n - 1)[::-1])[::-1]
+    k = np.arange(length)[None, :]
+    # Walk back from the user's latest row, stepping over the row itself once it is reached.
+    own = (user_end - positions)[:, None]
+    back = user_end[:, None] - k - (k >= own)
+    return np.where(back >= user_start[:, None], item[np.maximum(back, 0)], 0).astype(np.int32)
+
+
 def histories(users: pa.Table, length: int, as_of: str = "event") -> np.ndarray:
-    """:func:`earlier_items` of every row of a whole-users table from :func:`map_positives_by_user`;
-    ``as_of="day"``: items before the row's UTC day (times floored to the day keep the sort order,
-    and rows of one user-day then share one history)."""
+    """The history of every row of a whole-users table from :func:`map_positives_by_user`:
+    ``as_of="event"`` :func:`earlier_items`; ``"day"``: items before the row's UTC day (times
+    floored to the day keep the sort order, and rows of one user-day then share one history);
+    ``"profile"``: :func:`profile_items`, the user's end-of-train history without the row's item."""
+    if as_of == "profile":
+        return profile_items(column(users, "user_idx"), column(users, "item_idx"), length)
     time = column(users, _TIME)
     if as_of == "day":
         time = np.floor_divide(time, _DAY_US)
