@@ -86,6 +86,29 @@ def test_unknown_users_are_represented_by_history_only():
     assert not torch.allclose(zero, known)
 
 
+def test_without_user_ids_a_user_is_their_history():
+    model = tiny_model(user_ids=False).eval()
+    assert model.user_tower.ids is None
+    assert not any("user_tower.ids" in name for name, _ in model.named_parameters())
+    history = torch.tensor([[2, 3, 5, 0]] * 3)
+    with torch.no_grad():
+        zero, unknown, known = model.user_vectors(torch.tensor([0, 99, 2]), history, torch.tensor([1, 1, 1]))
+    assert torch.equal(zero, unknown) and torch.equal(zero, known)
+    with pytest.raises(ValueError, match="user_ids is false and history_encoder is none"):
+        tiny_config(user_ids=False, history_encoder="none")
+
+
+def test_history_item_dropout_drops_items_in_training_only():
+    model = tiny_model(history_item_dropout=0.5)
+    users, history = torch.tensor([1] * 400), torch.full((400, 10), 3)
+    model.train()
+    _, dropped = model._drop_histories(users, history)
+    assert 0.45 < float((dropped == 0).float().mean()) < 0.55
+    assert set(dropped.unique().tolist()) == {0, 3}
+    model.eval()
+    assert torch.equal(model._drop_histories(users, history)[1], history)
+
+
 def test_full_id_dropout_equals_content_only_and_leaves_global_rng_alone():
     model = tiny_model(id_dropout=1.0)
     items = torch.tensor([1, 3, 5])

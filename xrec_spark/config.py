@@ -353,6 +353,20 @@ class ModelConfig(_Section):
     # Learning-rate factor of the item bias b(i) (0 keeps the popularity prior fixed, so that
     # training only learns the user-item part on top of it).
     item_bias_lr_scale: float = Field(1.0, ge=0.0)
+    # A row per user added to the history encoding. False: the user is their history alone, as
+    # in EASE or Mult-DAE; no row that memorises a user's train items, and a user who arrives
+    # after training is served like one who was there.
+    user_ids: bool = True
+    # Share of history items dropped from each training row (Mult-DAE's input dropout): the
+    # model learns to complete a profile from part of it instead of leaning on a few items.
+    history_item_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _users_represented(self) -> "ModelConfig":
+        if not self.user_ids and self.history_encoder is HistoryEncoderKind.NONE:
+            raise ValueError("user_ids is false and history_encoder is none: a user would have no representation; "
+                             "set user_ids: true or pick a history encoder")
+        return self
 
 
 # --------------------------------------------------------------------------- train

@@ -130,7 +130,7 @@ class ItemTower(nn.Module):
 
 
 class UserTower(nn.Module):
-    """h_u = user_id(u)·keep + HistoryEncoder(g(history)).
+    """h_u = user_id(u)·keep + HistoryEncoder(g(history)); without ``user_ids`` the history alone.
 
     Inputs: user_idx long ``[B]``; the history as rows of ``table`` ``[U, D]`` (item-tower vectors
     of the batch's distinct items) picked by ``index`` long ``[B, L]``; mask bool ``[B, L]``.
@@ -144,14 +144,16 @@ class UserTower(nn.Module):
     """
 
     def __init__(self, n_users: int, dim: int, kind: HistoryEncoderKind, dropout: IdDropout,
-                 n_categories: int = 0, sparse: bool = False) -> None:
+                 n_categories: int = 0, sparse: bool = False, user_ids: bool = True) -> None:
         super().__init__()
-        self.ids = nn.Embedding(n_users + 1, dim, padding_idx=0, sparse=sparse)
+        self.ids = nn.Embedding(n_users + 1, dim, padding_idx=0, sparse=sparse) if user_ids else None
         self.history = None if kind is HistoryEncoderKind.NONE else HistoryEncoder(kind, dim, n_categories)
         self.dropout = dropout
 
     def forward(self, user_idx: Tensor, table: Tensor, index: Tensor, mask: Tensor,
                 target: Tensor | None = None, item_category: Tensor | None = None) -> Tensor:
+        if self.ids is None:
+            return self.history.pool(table, index, mask, target, item_category)  # type: ignore[union-attr]
         out = lookup(self.ids, user_idx) * self.dropout(user_idx.shape[0], user_idx.device)
         if self.history is not None:
             out = out + self.history.pool(table, index, mask, target, item_category)
@@ -178,10 +180,11 @@ class CrossCategoryModel(nn.Module):
         self.item_tower = ItemTower(cfg, sizes.n_items, sizes.n_categories, content, dropout)
         d, kind = cfg.embedding_dim, cfg.history_encoder
         n_cat, sparse = sizes.n_categories, cfg.sparse_embeddings
-        self.user_tower = (UserTower(sizes.n_users, d, kind, dropout, n_cat, sparse)
+        ids = cfg.user_ids
+        self.user_tower = (UserTower(sizes.n_users, d, kind, dropout, n_cat, sparse, ids)
                            if cfg.share_across_categories else None)
         self.user_towers = None if cfg.share_across_categories else nn.ModuleDict(
-            {str(k): UserTower(sizes.n_users, d, kind, dropout, n_cat, sparse) for k in range(1, n_cat + 1)})
+            {str(k): UserTower(sizes.n_users, d, kind, dropout, n_cat, sparse, ids) for k in range(1, n_cat + 1)})
         self.heads = CategoryHeads(sizes.n_categories, d, cfg.hidden_dim, cfg.bottom, cfg.experts,
                                    shared=cfg.share_across_categories)
         self.reset_parameters(torch.Generator().manual_seed(cfg.seed))
@@ -205,7 +208,8 @@ class CrossCategoryModel(nn.Module):
                 # User id rows start at zero too: a user without train rows (cold) then adds no
                 # random direction to the prior once the heads have trained.
                 for tower in towers:
-                    tower.ids.weight.zero_()
+                    if tower.ids is not None:
+                        tower.ids.weight.zero_()
 
     def category_parameters(self, k: int) -> list[nn.Parameter]:
         """Parameters that belong to category k alone (θ_k, its gate, its own tower when not sharing)."""
@@ -249,7 +253,8 @@ class CrossCategoryModel(nn.Module):
         self.heads.heads[str(k)] = head
         if self.user_towers is not None:
             tower = UserTower(self.sizes.n_users, self.cfg.embedding_dim, self.cfg.history_encoder,
-                              self.item_tower.dropout, k, self.cfg.sparse_embeddings).to(self.item_tower.ids.weight.device)
+                              self.item_tower.dropout, k, self.cfg.sparse_embeddings,
+                              self.cfg.user_ids).to(self.item_tower.ids.weight.device)
             for module in tower.modules():
                 init_module(module, generator)
             self.user_towers[str(k)] = tower
@@ -294,9 +299,16 @@ class CrossCategoryModel(nn.Module):
         return self._with_user_bias(u), self._with_item_bias(vectors[inverse[:n]], item_idx)
 
     def _drop_histories(self, user_idx: Tensor, history: Tensor) -> tuple[Tensor, Tensor]:
-        """In training, rows of ``cfg.history_dropout`` lose their user id and whole history."""
+        """In training, each history item is dropped with ``cfg.history_item_dropout`` and rows
+        of ``cfg.history_dropout`` lose their user id and whole history."""
+        if not self.training:
+            return user_idx, history
+        q = self.cfg.history_item_dropout
+        if q > 0.0:
+            gone = (torch.rand(history.shape, generator=self.item_tower.dropout.generator) < q).to(history.device)
+            history = torch.where(gone, torch.zeros_like(history), history)
         p = self.cfg.history_dropout
-        if not self.training or p == 0.0:
+        if p == 0.0:
             return user_idx, history
         drop = (torch.rand(user_idx.shape[0], generator=self.item_tower.dropout.generator) < p).to(user_idx.device)
         return (torch.where(drop, torch.zeros_like(user_idx), user_idx),
