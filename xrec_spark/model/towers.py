@@ -152,12 +152,10 @@ class UserTower(nn.Module):
 
     def forward(self, user_idx: Tensor, table: Tensor, index: Tensor, mask: Tensor,
                 target: Tensor | None = None, item_category: Tensor | None = None) -> Tensor:
-        if self.ids is None:
-            return self.history.pool(table, index, mask, target, item_category)  # type: ignore[union-attr]
-        out = lookup(self.ids, user_idx) * self.dropout(user_idx.shape[0], user_idx.device)
-        if self.history is not None:
-            out = out + self.history.pool(table, index, mask, target, item_category)
-        return out
+        out = 0 if self.history is None else self.history.pool(table, index, mask, target, item_category)
+        if self.ids is not None:
+            out = out + lookup(self.ids, user_idx) * self.dropout(user_idx.shape[0], user_idx.device)
+        return out  # type: ignore[return-value]
 
 
 class CrossCategoryModel(nn.Module):
@@ -307,8 +305,7 @@ class CrossCategoryModel(nn.Module):
         if q > 0.0:
             gone = (torch.rand(history.shape, generator=self.item_tower.dropout.generator) < q).to(history.device)
             history = torch.where(gone, torch.zeros_like(history), history)
-        p = self.cfg.history_dropout
-        if p == 0.0:
+        if (p := self.cfg.history_dropout) == 0.0:
             return user_idx, history
         drop = (torch.rand(user_idx.shape[0], generator=self.item_tower.dropout.generator) < p).to(user_idx.device)
         return (torch.where(drop, torch.zeros_like(user_idx), user_idx),
