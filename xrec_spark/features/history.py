@@ -55,20 +55,28 @@ def user_history(positives: DataFrame, users: DataFrame, length: int) -> DataFra
             .select("user_idx", pad_ids(items, length).alias("history")))
 
 
+def _first_rows(user: np.ndarray) -> np.ndarray:
+    """For rows sorted by user: True where a user's rows begin."""
+    first = np.ones(len(user), dtype=bool)
+    first[1:] = user[1:] != user[:-1]
+    return first
+
+
+def _run_start(first: np.ndarray) -> np.ndarray:
+    """Each row's position of the first row of its run (``first`` marks where runs begin)."""
+    return np.maximum.accumulate(np.where(first, np.arange(len(first)), 0))
+
+
 def earlier_items(user: np.ndarray, ts: np.ndarray, item: np.ndarray, length: int) -> np.ndarray:
     """For rows sorted by (user, ts, item): each row's user's items with an earlier ``ts``.
 
     Returns an ``(n, length)`` int32 array, latest first (same-time items by item id descending:
     the reverse of the sort order), 0-padded. Rows of the same (user, ts) share one history.
     """
-    n = len(user)
-    positions = np.arange(n)
-    new_user = np.ones(n, dtype=bool)
-    new_user[1:] = user[1:] != user[:-1]
+    new_user = _first_rows(user)
     new_group = new_user.copy()
     new_group[1:] |= ts[1:] != ts[:-1]
-    user_start = np.maximum.accumulate(np.where(new_user, positions, 0))
-    group_start = np.maximum.accumulate(np.where(new_group, positions, 0))
+    user_start, group_start = _run_start(new_user), _run_start(new_group)
     # The row just before a (user, ts) group is the latest earlier item; walk back from there.
     back = group_start[:, None] - 1 - np.arange(length)[None, :]
     return np.where(back >= user_start[:, None], item[np.maximum(back, 0)], 0).astype(np.int32)
@@ -87,14 +95,11 @@ def profile_items(user: np.ndarray, item: np.ndarray, length: int) -> np.ndarray
     This is the user's history as of the end of train (``silver.user_history``, what serving
     reads) with the row's item left out: the history a set model is trained to complete.
     """
-    n = len(user)
-    positions = np.arange(n)
-    new_user = np.ones(n, dtype=bool)
-    new_user[1:] = user[1:] != user[:-1]
-    last_row = np.ones(n, dtype=bool)
-    last_row[:-1] = user[1:] != user[:-1]
-    user_start = np.maximum.accumulate(np.where(new_user, positions, 0))
-    user_end = np.minimum.accumulate(np.where(last_row, positions, n - 1)[::-1])[::-1]
+    new_user = _first_rows(user)
+    positions = np.arange(len(user))
+    user_start = _run_start(new_user)
+    # A user's last row is the one before the next user's first (the final row: the end).
+    user_end = np.append(np.flatnonzero(new_user)[1:] - 1, len(user) - 1)[np.cumsum(new_user) - 1]
     k = np.arange(length)[None, :]
     # Walk back from the user's latest row, stepping over the row itself once it is reached.
     own = (user_end - positions)[:, None]
