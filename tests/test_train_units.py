@@ -35,6 +35,15 @@ def test_spec_round_trips_through_json(tmp_path):
     assert again.input_versions() == {"silver.training_examples": 3}
 
 
+def test_spec_written_before_a_key_rename_still_reads(tmp_path):
+    spec = _spec(tmp_path)
+    stored = json.loads(spec.to_json())
+    batch = stored["config"]["batch"]
+    batch["block_size"] = batch.pop("users_per_block") + 1       # the key as a run stored it before the rename
+    again = TrainSpec.from_json(json.dumps(stored))
+    assert again.job_config().batch.users_per_block == spec.job_config().batch.users_per_block + 1
+
+
 def test_spec_rejects_unknown_resume_mode(tmp_path):
     with pytest.raises(ValueError, match="resume"):
         _spec(tmp_path, resume="sometimes")

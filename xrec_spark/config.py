@@ -687,6 +687,21 @@ RENAMED_KEYS: dict[str, str] = {
 }
 
 
+def with_renamed_keys(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with every old key of :data:`RENAMED_KEYS` moved to its new name.
+
+    For configs the project wrote itself (a run's stored spec): a run trained before a rename
+    stays readable, and resumable. A user's file keeps failing on an old name instead.
+    """
+    out: dict[str, Any] = json.loads(json.dumps(dict(data), default=str))
+    for old, new in RENAMED_KEYS.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        section = out.get(old_section)
+        if isinstance(section, dict) and old_key in section:
+            out.setdefault(new_section, {})[new_key] = section.pop(old_key)
+    return out
+
+
 def _format_errors(error: ValidationError, origin: str) -> str:
     lines = []
     for err in error.errors():

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from xrec_spark.config import JobConfig, build_config
+from xrec_spark.config import JobConfig, build_config, with_renamed_keys
 
 # Names of the inputs in TrainSpec.inputs (the ``layer.name`` of tables.py, which the ranks
 # must not import: it pulls in pyspark).
@@ -83,7 +83,7 @@ class TrainSpec:
 
     def job_config(self) -> JobConfig:
         """The validated configuration this run was resolved from."""
-        return build_config(self.config, origin=f"train spec of run {self.run_id}")
+        return build_config(with_renamed_keys(self.config), origin=f"train spec of run {self.run_id}")
 
     def input_versions(self) -> dict[str, int]:
         return {name: t.version for name, t in self.inputs.items()}
