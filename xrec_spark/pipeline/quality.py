@@ -28,7 +28,8 @@ STEPS = ("ingest", "features", "train", "baselines", "evaluate", "report")
 # Baselines trained by the training job, as config overrides of the model's config.
 TRAINED_BASELINES: dict[str, list[str]] = {
     Baseline.NO_SHARING.value: ["model.share_across_categories=false"],
-    Baseline.SHARED_NO_TRANSFER.value: ["model.history_encoder=none"],
+    # Without a history a user is their id row, whatever the model's own config says of ids.
+    Baseline.SHARED_NO_TRANSFER.value: ["model.history_encoder=none", "model.user_ids=true"],
 }
 # Every other baseline: fitted by the evaluation itself.
 EVAL_BASELINES = tuple(b.value for b in Baseline if b not in TRAINED)
@@ -107,8 +108,11 @@ class QualityRun:
         trained: list[tuple[str, list[str]]] = [("model", [])] if "train" in steps else []
         if "baselines" in steps:
             trained += [(name, [*extra, single_phase(cfg)]) for name, extra in TRAINED_BASELINES.items()]
-        for system, extra in trained:
-            summary = self._stage("train", Context(lake, self.config_with(*extra), ctx.run_date),
+        # Every trained system's config is built before the first trains: a baseline whose
+        # overrides clash with the model's config fails now, not after the model's training.
+        configs = [(system, extra, self.config_with(*extra)) for system, extra in trained]
+        for system, extra, system_cfg in configs:
+            summary = self._stage("train", Context(lake, system_cfg, ctx.run_date),
                                   key=f"train {system}", label=f"train {system} {' '.join(extra)}")
             versions[system] = summary.result.result.model_version
             self._keep(versions)
