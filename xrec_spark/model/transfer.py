@@ -11,13 +11,15 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 
+from xrec_spark.config import TransferPhase
 from xrec_spark.model.losses import MultiTaskLoss
 from xrec_spark.model.towers import CrossCategoryModel
 
 if TYPE_CHECKING:
     import pandas
 
-PHASES = ("pretrain", "freeze", "finetune")
+# The phase names as plain text, in TransferPhase order (the config is the one list of them).
+PHASES: tuple[str, ...] = tuple(phase.value for phase in TransferPhase)
 TRANSFER_COLUMNS = ("src_category_idx", "dst_category_idx", "lift", "users_both")
 
 

@@ -1,0 +1,107 @@
+"""The ``model`` section: towers, encoders, heads and the loss."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import Field, model_validator
+
+from xrec_spark.config.base import _Section
+
+
+class HistoryEncoderKind(str, Enum):
+    NONE = "none"
+    MEAN = "mean"
+    ATTENTION = "attention"
+    GRU = "gru"
+    # Attention whose query is the *target* category: a user's books history weighs
+    # differently when scoring electronics than when scoring music.
+    CATEGORY_ATTENTION = "category_attention"
+
+
+class BottomKind(str, Enum):
+    SHARED = "shared"
+    MMOE = "mmoe"
+
+
+class ContentEncoderKind(str, Enum):
+    NONE = "none"
+    HASHED = "hashed"
+    SENTENCE = "sentence"
+
+
+class FusionKind(str, Enum):
+    CONCAT = "concat"
+    GATED = "gated"
+
+
+class LossKind(str, Enum):
+    BCE = "bce"
+    SAMPLED_SOFTMAX = "sampled_softmax"
+    SOFTMAX = "softmax"
+
+
+class TaskWeighting(str, Enum):
+    UNIFORM = "uniform"
+    SIZE = "size"
+    UNCERTAINTY = "uncertainty"
+
+
+class ModelConfig(_Section):
+    embedding_dim: int = Field(64, ge=1)
+    hidden_dim: int = Field(128, ge=1)
+    history_encoder: HistoryEncoderKind = HistoryEncoderKind.MEAN
+    bottom: BottomKind = BottomKind.SHARED
+    experts: int = Field(4, ge=1)
+    content_encoder: ContentEncoderKind = ContentEncoderKind.HASHED
+    hash_buckets: int = Field(2**18, ge=16)
+    fusion: FusionKind = FusionKind.CONCAT
+    id_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    share_across_categories: bool = True
+    loss: LossKind = LossKind.BCE
+    task_weighting: TaskWeighting = TaskWeighting.UNIFORM
+    temperature: float = Field(0.1, gt=0)
+    distill: bool = False
+    # Hashed n-gram ids kept per item text (word unigrams, then bigrams, then char trigrams).
+    max_tokens: int = Field(48, ge=1)
+    # Seed of the model's own generator (initialisation and id-dropout masks).
+    seed: int = 0
+    # Embedding size of the distilled student two-tower (used when distill is true).
+    student_dim: int = Field(16, ge=1)
+    # score = b(i) + <f_k(h_u), g(i)>: a per-item bias that starts at log(1 + train_count), with
+    # the dot product starting at 0 (heads zero-initialised), so an untrained model ranks
+    # exactly like per-category popularity. Exported as one extra vector dimension.
+    item_bias: bool = False
+    # loss=softmax: categories with at most this many items are ranked against all of them;
+    # larger ones against a uniform pool of softmax_pool items (plus the batch's positives),
+    # with the log-Q correction.
+    softmax_full_max_items: int = Field(50_000, ge=1)
+    softmax_pool: int = Field(4096, ge=1)
+    # Items with fewer train positives than this own no id row: they are scored from category,
+    # popularity and content (an id row that one example trains only memorises it).
+    min_item_count: int = Field(0, ge=0)
+    # Id, bias and hashed-text tables with sparse gradients (SparseAdam; gloo all-reduces them
+    # sparsely under DDP): a step then costs what the batch touches, not what the catalogue
+    # holds. Off for nccl, which has no sparse all-reduce.
+    sparse_embeddings: bool = False
+    # Share of training rows whose user id and whole history are dropped, so the model also
+    # learns to rank for a user it knows nothing of (cold users: popularity plus what the
+    # category's head learned for them), not only for users with a history.
+    history_dropout: float = Field(0.0, ge=0.0, le=1.0)
+    # Learning-rate factor of the item bias b(i) (0 keeps the popularity prior fixed, so that
+    # training only learns the user-item part on top of it).
+    item_bias_lr_scale: float = Field(1.0, ge=0.0)
+    # A row per user added to the history encoding. False: the user is their history alone, as
+    # in EASE or Mult-DAE; no row that memorises a user's train items, and a user who arrives
+    # after training is served like one who was there.
+    user_ids: bool = True
+    # Share of history items dropped from each training row (Mult-DAE's input dropout): the
+    # model learns to complete a profile from part of it instead of leaning on a few items.
+    history_item_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _users_represented(self) -> "ModelConfig":
+        if not self.user_ids and self.history_encoder is HistoryEncoderKind.NONE:
+            raise ValueError("user_ids is false and history_encoder is none: a user would have no representation; "
+                             "set user_ids: true or pick a history encoder")
+        return self
