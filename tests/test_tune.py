@@ -277,3 +277,11 @@ def test_a_trial_that_changes_features_builds_its_own_prefix_once(spark, ciao_la
     again = trial_lakehouse(spark, base, base_cfg, cfg)
     assert again.root == lake.root and again.version(TRAINING_EXAMPLES) == version   # reused, not rebuilt
     assert base.version(TRAINING_EXAMPLES) is not None
+
+
+@pytest.mark.parametrize("name", ["local", "movielens"])
+def test_each_shipped_search_space_loads_against_its_config(name):
+    # load_space checks every key and choice against the base config, so a space that drifts
+    # from its recipe (a key gone, a choice the config refuses) fails here, not in a study.
+    space = load_space(REPO / "conf" / "tune" / f"{name}.yaml", load_config(REPO / "conf" / f"{name}.yaml"))
+    assert space.params
