@@ -68,10 +68,13 @@ def with_renamed_keys(data: Mapping[str, Any]) -> dict[str, Any]:
     """
     out: dict[str, Any] = json.loads(json.dumps(dict(data), default=str))
     for old, new in RENAMED_KEYS.items():
-        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
-        section = out.get(old_section)
-        if isinstance(section, dict) and old_key in section:
-            out.setdefault(new_section, {})[new_key] = section.pop(old_key)
+        *parents, key = old.split(".")
+        node: Any = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key in node:
+            # The same path walk as a --set override, so a rename of any depth is moved alike.
+            _apply_override(out, new.split("."), node.pop(key))
     return out
 
 
