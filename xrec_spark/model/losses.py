@@ -142,11 +142,14 @@ class MultiTaskLoss(nn.Module):
             pop = catalogue.popularity(candidates, int(k)).to(u.dtype)
             q = self.pool / items.numel() + positives.numel() * pop
             sets.append((mine, candidates, torch.log(q.clamp(1e-12, 1.0))))
-        every = torch.unique(torch.cat([c for _, c, _ in sets]))
-        vectors = item_vectors(every).to(u.dtype)
+        # Each item belongs to one category, so the sets are disjoint: one item-tower pass over
+        # them laid end to end, split per category. (Indexing one shared [N, D] tensor per
+        # category instead costs a zero-filled [N, D] gradient per category in the backward.)
+        vectors = item_vectors(torch.cat([c for _, c, _ in sets])).to(u.dtype)
+        blocks = vectors.split([c.numel() for _, c, _ in sets])
         out = torch.empty(rows.numel(), dtype=u.dtype, device=u.device)
-        for mine, candidates, log_q in sets:
-            logits = (u[rows[mine]] @ vectors[torch.searchsorted(every, candidates)].T) / self.temperature
+        for (mine, candidates, log_q), block in zip(sets, blocks):
+            logits = (u[rows[mine]] @ block.T) / self.temperature
             if log_q is not None:
                 logits = logits - log_q.unsqueeze(0)
             target = torch.searchsorted(candidates, item[mine])
