@@ -25,12 +25,10 @@ whether the machine was busy.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -40,14 +38,13 @@ sys.path.insert(0, str(REPO))
 
 from pyspark.sql import SparkSession  # noqa: E402
 
-from xrec_spark.config import JobConfig, SyntheticConfig, load_config  # noqa: E402
+from xrec_spark.config import JobConfig, SyntheticConfig  # noqa: E402
 from xrec_spark.ingest.run import run_ingest  # noqa: E402
 from xrec_spark.ingest.synthetic import synthetic_events, synthetic_ingest_config, write_synthetic  # noqa: E402
-from xrec_spark.session import get_spark  # noqa: E402
 from xrec_spark.tables import BRONZE_EVENTS, BRONZE_ITEMS, Lakehouse  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
-from features import bronze_events, bronze_items  # noqa: E402
+from features import bronze_events, bronze_items, sized_bench  # noqa: E402
 
 GROWTH = 0.1   # the grown source: this share of new events in one more file
 
@@ -109,18 +106,7 @@ def run_size(spark: SparkSession, events: int, work: Path, base_cfg: JobConfig) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 10_000_000])
-    parser.add_argument("--config", default=str(REPO / "conf" / "local.yaml"))
-    parser.add_argument("--work-dir", default=None, help="scratch folder (default: a new temp folder)")
-    args = parser.parse_args(argv)
-
-    base_cfg = load_config(args.config, ["spark.conf={'spark.ui.enabled': 'false'}"])
-    spark = get_spark(base_cfg)
-    spark.sparkContext.setLogLevel("ERROR")
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="xrec-bench-ingest-"))
-    print(f"Spark {spark.version}, master {spark.sparkContext.master}, cores {os.cpu_count()}, "
-          f"driver memory {base_cfg.spark.driver_memory}, shuffle partitions {base_cfg.spark.shuffle_partitions}")
+    args, base_cfg, spark, work = sized_bench(__doc__, argv, "xrec-bench-ingest-")
     for n in sorted(args.events):
         r = run_size(spark, n, work, base_cfg)
         print(json.dumps(r))
