@@ -12,14 +12,15 @@ import pytest
 import torch
 
 from model_synthetic import TINY_SIZES, tiny_batch, tiny_config, tiny_frame, tiny_model
-from xrec_spark.config import HistoryEncoderKind
+from xrec_spark.config import BottomKind, HistoryEncoderKind
 from xrec_spark.model.content import ItemContent
 from xrec_spark.model.encoders import HistoryEncoder
-from xrec_spark.model.layers import unique_items
+from xrec_spark.model.heads import CategoryHeads
+from xrec_spark.model.layers import init_module, unique_items
 from xrec_spark.model.towers import CrossCategoryModel, ModelSizes
 
 GRID = [dict(history_encoder=h, bottom=b, fusion=f, share_across_categories=s)
-        for h, b, f, s in itertools.product(["none", "mean", "attention", "gru", "category_attention"], ["shared", "mmoe"],
+        for h, b, f, s in itertools.product(["none", "mean", "attention", "gru", "category_attention"], ["shared", "mmoe", "ple"],
                                             ["concat", "gated"], [True, False])]
 
 
@@ -260,3 +261,28 @@ def test_history_items_go_through_the_candidate_item_tower():
     u.sum().backward()
     touched = model.item_tower.ids.weight.grad.abs().sum(1).nonzero().squeeze(1).tolist()
     assert touched == [2, 3, 5]
+
+
+def test_ple_head_gates_the_shared_and_its_own_experts_and_trains_only_its_own():
+    heads = CategoryHeads(n_categories=3, dim=8, hidden=16, kind=BottomKind.PLE, n_experts=2, n_specific=3)
+    generator = torch.Generator().manual_seed(0)
+    for module in heads.modules():
+        init_module(module, generator)
+    h = torch.randn(6, 8, generator=generator)
+    category = torch.tensor([2, 1, 3, 1, 2, 3])
+    out = heads(h, category)
+
+    one = heads.head(1)
+    assert one.gate.out_features == 2 + 3 and one.experts.w1.shape[0] == 3
+    rows = h[category == 1]
+    experts = torch.cat([heads.bottom(rows), one.experts(rows)], dim=1)          # [2, 5, 8]
+    weights = torch.softmax(one.gate(rows), dim=-1)                              # [2, 5]
+    expected = one.linear(rows + (weights.unsqueeze(-1) * experts).sum(1))
+    torch.testing.assert_close(out[category == 1], expected)
+
+    out[category == 1].sum().backward()
+    assert one.experts.w1.grad.abs().sum() > 0 and heads.bottom.w1.grad.abs().sum() > 0
+    for k in (2, 3):   # in the graph (rows are reassembled in batch order), with zero gradient
+        assert not heads.head(k).experts.w1.grad.any() and not heads.head(k).gate.weight.grad.any()
+    params = {id(p) for p in heads.head(1).parameters()}
+    assert id(one.experts.w2) in params   # its own experts are θ_1: frozen and transferred with the head

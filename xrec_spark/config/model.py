@@ -22,6 +22,7 @@ class HistoryEncoderKind(str, Enum):
 class BottomKind(str, Enum):
     SHARED = "shared"
     MMOE = "mmoe"
+    PLE = "ple"
 
 
 class ContentEncoderKind(str, Enum):
@@ -53,6 +54,8 @@ class ModelConfig(_Section):
     history_encoder: HistoryEncoderKind = HistoryEncoderKind.MEAN
     bottom: BottomKind = BottomKind.SHARED
     experts: int = Field(4, ge=1)
+    # bottom=ple: experts owned by each category, gated with the shared ones (Tang et al. 2020).
+    specific_experts: int = Field(1, ge=1)
     content_encoder: ContentEncoderKind = ContentEncoderKind.HASHED
     hash_buckets: int = Field(2**18, ge=16)
     fusion: FusionKind = FusionKind.CONCAT

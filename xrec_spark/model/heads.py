@@ -1,4 +1,4 @@
-"""f_k: the shared bottom (MLP or MMoE experts) and the small per-category heads θ_k.
+"""f_k: the shared bottom (MLP, MMoE or PLE experts) and the small per-category heads θ_k.
 
 Shapes: ``B`` batch, ``D`` embedding_dim, ``H`` hidden_dim, ``E`` experts, ``K`` categories.
 Categories are numbered 1..K (0 is padding and never has a head).
@@ -63,7 +63,7 @@ class Experts(nn.Module):
 
 
 def make_bottom(kind: BottomKind, dim: int, hidden: int, n_experts: int) -> nn.Module:
-    """The bottom network: an MLP ``[B, D] -> [B, D]`` or experts ``[B, D] -> [B, E, D]``."""
+    """The bottom network: an MLP ``[B, D] -> [B, D]`` or (MMoE, PLE's shared) experts ``[B, D] -> [B, E, D]``."""
     return mlp(dim, hidden, dim) if kind is BottomKind.SHARED else Experts(n_experts, dim, hidden)
 
 
@@ -71,8 +71,9 @@ class CategoryHead(nn.Module):
     """θ_k, the parameters that belong to one category: ``[n, D] -> [n, D]``.
 
     Holds a linear map initialised near identity, the category's MMoE gate (``[n, D] -> [n, E]``)
-    when the bottom is MMoE, and the category's own bottom when nothing is shared across
-    categories (``own_bottom``).
+    when the bottom is MMoE, its ``n_specific`` own experts and a gate over the shared and own
+    ones (``[n, D] -> [n, E + S]``) when it is PLE, and the category's own bottom when nothing
+    is shared across categories (``own_bottom``).
 
     Example::
 
@@ -80,16 +81,23 @@ class CategoryHead(nn.Module):
         head.linear(torch.zeros(3, 8)).shape  # (3, 8)
     """
 
-    def __init__(self, dim: int, hidden: int, kind: BottomKind, n_experts: int, own_bottom: bool) -> None:
+    def __init__(self, dim: int, hidden: int, kind: BottomKind, n_experts: int, own_bottom: bool,
+                 n_specific: int = 1) -> None:
         super().__init__()
         self.linear = nn.Linear(dim, dim)
         self.linear.near_identity = True  # read by the model's initialiser
-        self.gate = nn.Linear(dim, n_experts) if kind is BottomKind.MMOE else None
+        ple = kind is BottomKind.PLE
+        self.gate = nn.Linear(dim, n_experts + (n_specific if ple else 0)) if kind is not BottomKind.SHARED else None
+        self.experts = Experts(n_specific, dim, hidden) if ple else None
         self.bottom = make_bottom(kind, dim, hidden, n_experts) if own_bottom else None
 
 
 class CategoryHeads(nn.Module):
     """f_k(h) = θ_k(z), z = h + bottom(h) (MLP) or h + Σ_e gate_k(h)_e · expert_e(h) (MMoE).
+
+    PLE (one extraction level, i.e. CGC, Tang et al. RecSys 2020): the sum runs over the shared
+    experts and category k's own ``n_specific`` experts, so a category can keep what does not
+    transfer out of the experts it shares.
 
     Input h ``[B, D]`` and category_idx long ``[B]`` in 1..K; output ``[B, D]``. With
     ``shared=True`` the bottom / experts are one module for all categories; with ``False`` each
@@ -102,15 +110,17 @@ class CategoryHeads(nn.Module):
     """
 
     def __init__(self, n_categories: int, dim: int, hidden: int, kind: BottomKind, n_experts: int,
-                 shared: bool = True) -> None:
+                 shared: bool = True, n_specific: int = 1) -> None:
         super().__init__()
         self.dim, self.hidden, self.kind, self.n_experts, self.shared = dim, hidden, kind, n_experts, shared
+        self.n_specific = n_specific
         self.bottom = make_bottom(kind, dim, hidden, n_experts) if shared else None
         self.heads = nn.ModuleDict({str(k): self.new_head() for k in range(1, n_categories + 1)})
 
     def new_head(self) -> CategoryHead:
         """A fresh head with this module's settings (for a new category)."""
-        return CategoryHead(self.dim, self.hidden, self.kind, self.n_experts, own_bottom=not self.shared)
+        return CategoryHead(self.dim, self.hidden, self.kind, self.n_experts, own_bottom=not self.shared,
+                            n_specific=self.n_specific)
 
     def head(self, k: int) -> CategoryHead:
         return self.heads[str(k)]  # type: ignore[return-value]
@@ -126,7 +136,9 @@ class CategoryHeads(nn.Module):
         """f_k on rows of one category: h ``[n, D]`` (and the shared bottom's output) -> ``[n, D]``."""
         head = self.head(k)
         bottom_out = shared if shared is not None else head.bottom(h)  # type: ignore[misc]
-        if self.kind is BottomKind.MMOE:
-            weights = torch.softmax(head.gate(h), dim=-1)  # type: ignore[misc]
+        if head.experts is not None:
+            bottom_out = torch.cat([bottom_out, head.experts(h)], dim=1)
+        if head.gate is not None:
+            weights = torch.softmax(head.gate(h), dim=-1)
             bottom_out = (weights.unsqueeze(-1) * bottom_out).sum(1)
         return head.linear(h + bottom_out)

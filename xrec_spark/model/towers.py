@@ -184,7 +184,7 @@ class CrossCategoryModel(nn.Module):
         self.user_towers = None if cfg.share_across_categories else nn.ModuleDict(
             {str(k): UserTower(sizes.n_users, d, kind, dropout, n_cat, sparse, ids) for k in range(1, n_cat + 1)})
         self.heads = CategoryHeads(sizes.n_categories, d, cfg.hidden_dim, cfg.bottom, cfg.experts,
-                                   shared=cfg.share_across_categories)
+                                   shared=cfg.share_across_categories, n_specific=cfg.specific_experts)
         self.reset_parameters(torch.Generator().manual_seed(cfg.seed))
 
     # ------------------------------------------------------------------ parameters
