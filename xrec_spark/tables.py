@@ -133,26 +133,31 @@ _JVM_CONFLICTS = frozenset(f"io.delta.exceptions.{cls.__name__}" for cls in RETR
 
 # Two writers creating the same fresh table: the loser can look at the folder after the
 # winner made it but before its first commit landed, and Delta refuses a "non-empty location
-# that is not a Delta table". A moment later the table exists and creation is a no-op.
-_RACING_CREATE = "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION"
+# that is not a Delta table", or finds a _delta_log with no commit in it yet and says the table
+# "doesn't exist". A moment later the table exists and creation is a no-op. Only creation
+# retries on these: anywhere else a missing table is a real error.
+_RACING_CREATE = frozenset({"DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION", "DELTA_TABLE_NOT_FOUND"})
 
 
-def _is_retryable(error: Exception) -> bool:
+def _is_retryable(error: Exception, conditions: frozenset[str] = frozenset()) -> bool:
     if isinstance(error, RETRYABLE_CONFLICTS):
         return True
     if isinstance(error, Py4JJavaError):
         return str(error.java_exception.getClass().getName()) in _JVM_CONFLICTS
     if isinstance(error, AnalysisException):
-        return error.getCondition() == _RACING_CREATE
+        return error.getCondition() in conditions
     return False
 
 
-def _with_retry(action: Callable[[], R], what: str, attempts: int = 5) -> R:
+def _with_retry(action: Callable[[], R], what: str, attempts: int = 5,
+                conditions: frozenset[str] = frozenset()) -> R:
+    """Run ``action``, retrying Delta's concurrent-write conflicts (and the analysis errors
+    named by ``conditions``) with exponential back-off."""
     for attempt in range(1, attempts + 1):
         try:
             return action()
         except (*RETRYABLE_CONFLICTS, Py4JJavaError, AnalysisException) as e:
-            if not _is_retryable(e):
+            if not _is_retryable(e, conditions):
                 raise
             if attempt == attempts:
                 raise RuntimeError(f"{what}: gave up after {attempts} concurrent-write conflicts") from e
@@ -242,7 +247,7 @@ class Lakehouse:
             builder = builder.partitionedBy(*spec.partition_by)
         for key, value in spec.properties.items():
             builder = builder.property(key, value)
-        _with_retry(builder.execute, f"create {spec.qualified}")
+        _with_retry(builder.execute, f"create {spec.qualified}", conditions=_RACING_CREATE)
 
     def _writer(self, df: DataFrame, spec: TableSpec, job: str | None):
         writer = df.write.format("delta")
