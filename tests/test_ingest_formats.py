@@ -152,6 +152,31 @@ def test_items_file_with_genre_lists_latest_wins(spark, tmp_path):
     assert len(after) == 3
 
 
+def _ratings(path, users: list[str], items: list[str], days: list[str]) -> None:
+    pd.DataFrame({"user_id": users, "item_id": items, "event_ts": pd.to_datetime(days, utc=True),
+                  "rating": [4.0] * len(users)}).to_parquet(path, coerce_timestamps="us")
+
+
+def test_skipped_item_file_is_not_replaced_by_items_derived_from_new_events(spark, tmp_path):
+    """New events next to an unchanged (skipped) item file leave bronze.items as the file made it."""
+    folder = tmp_path / "events"
+    folder.mkdir()
+    _ratings(folder / "a.parquet", ["u1", "u2"], ["Toy Story (1995)", "Heat (1995)"], ["2001-01-01", "2001-01-02"])
+    _items_file(tmp_path / "items.parquet", "Toy Story (1995)")
+    cfg = make_config(tmp_path / "lakehouse", ingest={
+        "events": {"path": str(folder), "columns": {"category": None}},
+        "items": {"path": str(tmp_path / "items.parquet"), "columns": ITEM_COLUMNS}})
+    lakehouse = Lakehouse(spark, cfg.lakehouse.root)
+    run_ingest(spark, lakehouse, cfg)
+    version, items = lakehouse.version(BRONZE_ITEMS), sorted(lakehouse.read(BRONZE_ITEMS).collect())
+    _ratings(folder / "b.parquet", ["u3"], ["Heat (1995)"], ["2001-01-03"])
+    second = run_ingest(spark, lakehouse, cfg)
+    assert (second.inserted_events, second.item_rows_read, second.upserted_items) == (1, 0, 0)
+    assert any(f.endswith("/items.parquet") for f in second.skipped_files)
+    assert lakehouse.version(BRONZE_ITEMS) == version
+    assert sorted(lakehouse.read(BRONZE_ITEMS).collect()) == items
+
+
 def test_items_derived_from_all_events_of_touched_items(spark, tmp_path):
     header = "user_id,item_id,event_ts,rating,category\n"
     (tmp_path / "batch1.csv").write_text(header + "\n".join([

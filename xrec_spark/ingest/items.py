@@ -24,7 +24,7 @@ from pyspark.sql import types as T
 from xrec_spark.config import ItemSource
 from xrec_spark.ingest.readers import CORRUPT, ORDINAL, SOURCE_FILE
 from xrec_spark.ingest.validate import (DUPLICATE, MALFORMED, MISSING_ID, VALUE_OUT_OF_RANGE,
-                                        normalise_text, parse_number, source_text)
+                                        normalise_text, parse_number, rejected_text, source_row)
 
 ITEM_FIELDS: tuple[str, ...] = ("item_id", "category", "title", "text", "brand", "price", "image_vector")
 CONTENT_FIELDS: tuple[str, ...] = ITEM_FIELDS[1:]
@@ -50,7 +50,8 @@ def classify_items(raw: DataFrame, source: ItemSource) -> DataFrame:
     """Map a raw items DataFrame (from ``readers.read_source``) to bronze fields and reasons.
 
     Output columns: item_id, category, title, text, brand, price (double), image_vector
-    (array<float>), source (file URI), raw (row as text), reason (null = accepted), _ordinal.
+    (array<float>), source (file URI), raw (the row as text; null for accepted rows), reason
+    (null = accepted), _ordinal.
     """
     cols = source.columns
     types = {f.name: f.dataType for f in raw.schema.fields}
@@ -83,13 +84,13 @@ def classify_items(raw: DataFrame, source: ItemSource) -> DataFrame:
         vector.alias("image_vector"),
         bad_vector.alias("_bad_vector"),
         F.col(SOURCE_FILE).alias("source"),
-        source_text(raw).alias("raw"),
-        F.col(CORRUPT).isNotNull().alias("_corrupt"),
+        source_row(raw).alias("_row"),
+        F.col(CORRUPT).alias("_corrupt"),
         F.col(ORDINAL),
     )
     bad_price = F.col("_price_present") & (F.col("price").isNull() | F.isnan("price") | (F.col("price") < 0)
                                            | (F.col("price") == float("inf")))
-    reason = (F.when(F.col("_corrupt"), F.lit(MALFORMED))
+    reason = (F.when(F.col("_corrupt").isNotNull(), F.lit(MALFORMED))
               .when(F.col("item_id").isNull(), F.lit(MISSING_ID))
               .when(bad_price | F.col("_bad_vector"), F.lit(VALUE_OUT_OF_RANGE)))
     df = df.withColumn("reason", reason)
@@ -97,6 +98,7 @@ def classify_items(raw: DataFrame, source: ItemSource) -> DataFrame:
     first = Window.partitionBy(valid_key).orderBy("source", ORDINAL)
     df = df.withColumn("reason", F.when(valid_key.isNotNull() & (F.row_number().over(first) > 1),
                                         F.lit(DUPLICATE)).otherwise(F.col("reason")))
+    df = df.withColumn("raw", rejected_text(F.col("reason"), F.col("_corrupt"), F.col("_row")))
     return df.select(*ITEM_FIELDS, "source", "raw", "reason", ORDINAL)
 
 

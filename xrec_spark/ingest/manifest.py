@@ -113,4 +113,8 @@ def manifest_rows(spark: SparkSession, read: dict[str, tuple[list[FileState], st
     """Rows for meta.ingested_files: ``read`` maps a source kind to (files read, rules hash)."""
     rows = [(kind, s.uri, s.size, s.modified_ms, s.fingerprint, rules, run_id, at)
             for kind, (states, rules) in read.items() for s in states]
-    return spark.createDataFrame(rows, INGESTED_FILES.schema)
+    # Literals, not spark.createDataFrame: a local list goes through a PythonRDD, so the MERGE
+    # materialising its source waited seconds for Python workers to start, for a few rows.
+    fields = INGESTED_FILES.schema.fields
+    structs = [F.struct(*[F.lit(v).cast(f.dataType).alias(f.name) for v, f in zip(row, fields)]) for row in rows]
+    return spark.range(1).select(F.inline(F.array(*structs)))

@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 from xrec_spark.config import EventColumns, EventSource, IngestConfig, ItemColumns, ItemSource, JobConfig
 from xrec_spark.ingest.items import changed_items, classify_items, derive_items
 from xrec_spark.ingest.manifest import FileState, ingested_files, manifest_rows, rules_hash, split_unchanged
-from xrec_spark.ingest.readers import (SourceFile, SourceReadError, check_not_empty, failed_file,
+from xrec_spark.ingest.readers import (ORDINAL, SourceFile, SourceReadError, check_not_empty, failed_file,
                                        list_source_files, read_error_cause, read_listed, resolve_format)
 from xrec_spark.ingest.validate import REASONS, accepted_events, classify_events, quarantine_rows
 from xrec_spark.lineage import JobRun, digest
@@ -145,16 +145,21 @@ def _open(spark: SparkSession, lakehouse: Lakehouse, ingest: IngestConfig, kind:
     return SourceBatch(kind, key, source.path, files, to_read, skipped, changed, rules, raw)
 
 
-def _reason_counts(classified: DataFrame, batch: SourceBatch) -> tuple[int, dict[str | None, int], int]:
+def _reason_counts(classified: DataFrame, batch: SourceBatch,
+                   count_items: bool = True) -> tuple[int, dict[str | None, int], int]:
     """(rows, {reason: rows}, distinct accepted item ids); reason None = accepted.
 
     The one pass over all the data before anything is written: read errors surface here, named
-    by their JVM cause and the file it names.
+    by their JVM cause and the file it names. ``count_items=False`` leaves the item ids
+    uncounted (0): with an item file they are not the summary's items, and a distinct count
+    is one more aggregation over every row.
     """
     what = f"{batch.key} {batch.path!r}"
+    aggregates = [F.count(F.lit(1)).alias("n")]
+    if count_items:
+        aggregates.append(F.countDistinct("item_id").alias("items"))
     try:
-        rows = (classified.groupBy("reason")
-                .agg(F.count(F.lit(1)).alias("n"), F.countDistinct("item_id").alias("items")).collect())
+        rows = classified.groupBy("reason").agg(*aggregates).collect()
     except (PySparkException, Py4JJavaError) as e:
         where = failed_file(e, batch.listed)
         raise SourceReadError(f"{what}: reading failed: {where + ': ' if where else ''}{read_error_cause(e)}") from e
@@ -164,7 +169,8 @@ def _reason_counts(classified: DataFrame, batch: SourceBatch) -> tuple[int, dict
     # as a whole has rows.
     if total == 0 and not batch.skipped:
         raise SourceReadError(f"{what}: the input has no rows (header only, or empty files)")
-    return total, counts, next((int(r["items"]) for r in rows if r["reason"] is None), 0)
+    accepted_items = next((int(r["items"]) for r in rows if r["reason"] is None), 0) if count_items else 0
+    return total, counts, accepted_items
 
 
 def _run_key(ingest: IngestConfig, files: list[SourceFile]) -> str:
@@ -192,16 +198,20 @@ def run_ingest(spark: SparkSession, lakehouse: Lakehouse, cfg: JobConfig,
     if ingest.items is not None:
         batches.append(_open(spark, lakehouse, ingest, "items"))
     event_batch, item_batch = batches[0], (batches[1] if len(batches) > 1 else None)
-    # None: every file of that source was skipped as unchanged.
-    events = classify_events(event_batch.raw, source, ingest, started) if event_batch.raw is not None else None
+    # None: every file of that source was skipped as unchanged. The ordinal only ranked
+    # duplicates; the cached rows need not carry it.
+    events = None
+    if event_batch.raw is not None:
+        events = classify_events(event_batch.raw, source, ingest, started).drop(ORDINAL)
     items = None
     if item_batch is not None and item_batch.raw is not None and ingest.items is not None:
-        items = classify_items(item_batch.raw, ingest.items)
+        items = classify_items(item_batch.raw, ingest.items).drop(ORDINAL)
     persisted = [df.persist() for df in (events, items) if df is not None]
     try:
         n_events, event_counts, accepted_items = 0, {}, 0
         if events is not None:
-            n_events, event_counts, accepted_items = _reason_counts(events, event_batch)
+            n_events, event_counts, accepted_items = _reason_counts(events, event_batch,
+                                                                    count_items=item_batch is None)
         n_items, item_counts = 0, {}
         if item_batch is not None:  # with an item file, accepted items are its rows, not the events'
             accepted_items = 0
@@ -217,7 +227,7 @@ def run_ingest(spark: SparkSession, lakehouse: Lakehouse, cfg: JobConfig,
         if events is not None and event_counts.get(None):
             metrics = lakehouse.merge(BRONZE_EVENTS, accepted_events(events, run_id, started), update=False, job=JOB)
             inserted = metrics.get("numTargetRowsInserted", 0)
-        upserted = _write_items(lakehouse, events, items, started)
+        upserted = _write_items(lakehouse, events, items, started, has_item_source=item_batch is not None)
         # After the bronze writes: a run failing before leaves these files to be read again.
         _record_files(spark, lakehouse, batches, run_id, started)
         summary = IngestSummary(
@@ -256,13 +266,19 @@ def _record_files(spark: SparkSession, lakehouse: Lakehouse, batches: list[Sourc
         lakehouse.merge(INGESTED_FILES, manifest_rows(spark, read, run_id, at), update=True, job=JOB)
 
 
-def _write_items(lakehouse: Lakehouse, events: DataFrame | None, items: DataFrame | None, at: datetime) -> int:
+def _write_items(lakehouse: Lakehouse, events: DataFrame | None, items: DataFrame | None, at: datetime,
+                 has_item_source: bool) -> int:
     """MERGE new or changed items into bronze.items; returns how many rows it inserted or updated.
 
     ``events``/``items``: this run's classified rows, None when every file of the source was
-    skipped as unchanged (its items are in bronze.items already)."""
+    skipped as unchanged (its items are in bronze.items already). ``has_item_source``: an item
+    file is configured, so items never come from the events."""
     if items is not None:
         candidates = items.where(F.col("reason").isNull())
+    elif has_item_source:
+        # Its files were all skipped: deriving from the events would overwrite the file's titles,
+        # texts and categories with the events' guesses.
+        return 0
     elif events is not None and lakehouse.exists(BRONZE_EVENTS):
         # Derived from ALL events of the items this batch touched, so a small batch does not
         # flip an item's category.
