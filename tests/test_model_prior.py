@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from xrec_spark.config import LossKind, ModelConfig
 from xrec_spark.ranking.dense import top_k
 from xrec_spark.model.content import ItemContent
-from xrec_spark.model.losses import Catalogue, MultiTaskLoss
+from xrec_spark.model.losses import Catalogue, MultiTaskLoss, uniform_subset
 from xrec_spark.model.towers import CrossCategoryModel, ModelSizes
 
 # Items 1..8: category 1 = items 1-5, category 2 = items 6-8. Item 4 has no train positive.
@@ -81,13 +81,26 @@ def test_large_category_uses_a_uniform_pool_with_log_q():
     _, per_k = loss(u, table[batch["item_idx"]], batch, None, catalogue, lambda idx: table[idx])
     # The pool of 2 drawn from 5 items plus the positive; log Q = log(2/5 + 1 * share).
     gen = torch.Generator().manual_seed(0)
-    drawn = torch.arange(1, 6)[torch.randint(5, (2,), generator=gen)]
+    drawn = torch.arange(1, 6)[uniform_subset(5, 2, gen)]
+    assert drawn.unique().numel() == 2   # without repeats: the pool's inclusion chance is exactly 2/5
     candidates = torch.unique(torch.cat([drawn, torch.tensor([2])]))
     share = COUNTS[candidates].double() / COUNTS[1:6].sum()
     log_q = torch.log(2 / 5 + share)
     target = int(torch.searchsorted(candidates, torch.tensor(2)))
     expected = F.cross_entropy(-log_q.float().unsqueeze(0), torch.tensor([target]))
     assert per_k[1] == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("n, size", [(10, 3), (40, 3), (7, 7), (5, 9), (1000, 450)])
+def test_uniform_subset_draws_distinct_positions_each_equally_often(n, size):
+    gen = torch.Generator().manual_seed(0)
+    draws = [uniform_subset(n, size, gen) for _ in range(4000)]
+    assert all(d.numel() == min(n, size) and d.unique().numel() == d.numel() for d in draws)
+    counts = torch.bincount(torch.cat(draws), minlength=n).double()
+    expected = 4000 * min(n, size) / n
+    # Each position is in a subset with chance size / n: binomial spread, 5 standard deviations.
+    p = min(n, size) / n
+    assert float((counts - expected).abs().max()) <= 5 * (4000 * p * (1 - p)) ** 0.5 + 1e-9
 
 
 def test_softmax_training_adds_to_the_prior():

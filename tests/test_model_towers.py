@@ -286,3 +286,22 @@ def test_ple_head_gates_the_shared_and_its_own_experts_and_trains_only_its_own()
         assert not heads.head(k).experts.w1.grad.any() and not heads.head(k).gate.weight.grad.any()
     params = {id(p) for p in heads.head(1).parameters()}
     assert id(one.experts.w2) in params   # its own experts are θ_1: frozen and transferred with the head
+
+
+def test_history_item_rows_start_at_zero_and_train_only_items_read_as_history():
+    plain, own = tiny_model(id_dropout=0.0), tiny_model(id_dropout=0.0, history_item_rows=True)
+    batch = tiny_batch()
+    torch.testing.assert_close(own(batch), plain(batch))   # zero rows: the tied model at the start
+    one = {k: v[:1] for k, v in batch.items()}              # candidate item 1, history items 2, 3, 5
+    u, v = own.encode(one)
+    (u * v).sum().backward()
+    touched = own.history_rows.weight.grad.abs().sum(1).nonzero().squeeze(1).tolist()
+    assert touched == [2, 3, 5]   # the candidate's own history row is not read
+
+
+def test_history_item_rows_skip_items_below_min_count():
+    model = tiny_model(id_dropout=0.0, history_item_rows=True, min_item_count=10**6)
+    batch = {k: v[:1] for k, v in tiny_batch().items()}
+    u, _ = model.encode(batch)
+    u.sum().backward()
+    assert not model.history_rows.weight.grad.any()

@@ -101,6 +101,10 @@ class ModelConfig(_Section):
     # Share of history items dropped from each training row (Mult-DAE's input dropout): the
     # model learns to complete a profile from part of it instead of leaning on a few items.
     history_item_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # History items add a row of their own (zero at start) to their item-tower vector, so what
+    # an item says about a user's taste may differ from how it is scored as a candidate (the
+    # separate input and output item matrices of FISM, EASE's asymmetric weights, Mult-DAE).
+    history_item_rows: bool = False
 
     @model_validator(mode="after")
     def _users_represented(self) -> "ModelConfig":

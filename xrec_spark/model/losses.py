@@ -135,10 +135,10 @@ class MultiTaskLoss(nn.Module):
             if items.numel() <= self.full_max:
                 sets.append((mine, torch.unique(torch.cat([items, positives])), None))
                 continue
-            drawn = items[torch.randint(items.numel(), (self.pool,), generator=catalogue.generator).to(item.device)]
+            drawn = items[uniform_subset(items.numel(), self.pool, catalogue.generator).to(item.device)]
             candidates = torch.unique(torch.cat([drawn, positives]))
-            # Chance to be in the set: the uniform pool's share plus the batch's positives, drawn
-            # in proportion to train popularity within the category.
+            # Chance to be in the set: the uniform pool's share (exact: the pool has no repeats)
+            # plus the batch's positives, drawn in proportion to train popularity in the category.
             pop = catalogue.popularity(candidates, int(k)).to(u.dtype)
             q = self.pool / items.numel() + positives.numel() * pop
             sets.append((mine, candidates, torch.log(q.clamp(1e-12, 1.0))))
@@ -155,6 +155,30 @@ class MultiTaskLoss(nn.Module):
             target = torch.searchsorted(candidates, item[mine])
             out[mine] = F.cross_entropy(logits, target, reduction="none")
         return out, rows
+
+
+def uniform_subset(n: int, size: int, generator: torch.Generator) -> Tensor:
+    """``size`` distinct positions of ``0..n-1`` ``[size]``, every subset equally likely (all
+    ``n`` when ``size >= n``).
+
+    Draws with replacement and keeps each position's first draw, in draw order: rejection of
+    repeats, which samples without replacement exactly. The work is O(size), not O(n), so a
+    sampled softmax pool costs the same in a catalogue of 100k items as in one of 1M, and each
+    step ranks against exactly ``size`` distinct items (draws with repeats gave fewer, the
+    fewer the smaller the category).
+    """
+    if size >= n:
+        return torch.arange(n)
+    if 2 * size > n:  # dense case: repeats would be many, a permutation is as cheap
+        return torch.randperm(n, generator=generator)[:size]
+    kept = torch.zeros(0, dtype=torch.long)
+    while kept.numel() < size:
+        draws = torch.cat([kept, torch.randint(n, (2 * size,), generator=generator)])
+        uniq, inverse = torch.unique(draws, return_inverse=True)
+        first = torch.full((uniq.numel(),), draws.numel(), dtype=torch.long)
+        first = first.scatter_reduce(0, inverse, torch.arange(draws.numel()), reduce="amin")
+        kept = uniq[torch.argsort(first)]
+    return kept[:size]
 
 
 class Catalogue:

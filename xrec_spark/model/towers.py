@@ -18,10 +18,8 @@ from xrec_spark.config import ContentEncoderKind, HistoryEncoderKind, ModelConfi
 from xrec_spark.model.content import ItemContent
 from xrec_spark.model.encoders import ContentEncoder, HistoryEncoder
 from xrec_spark.model.heads import CategoryHeads, group_by_category, per_category
+from xrec_spark.model.inputs import check_batch, check_category, check_items
 from xrec_spark.model.layers import IdDropout, init_module, lookup, unique_items
-
-BATCH_KEYS = ("user_idx", "history", "item_idx", "category_idx")
-
 
 @dataclass(frozen=True)
 class ModelSizes:
@@ -113,10 +111,14 @@ class ItemTower(nn.Module):
     def content_rows(self) -> int:
         return int(self.content_tokens.shape[0])
 
+    def has_id_row(self, item_idx: Tensor) -> Tensor:
+        """1.0 for items with enough train positives (``cfg.min_item_count``) to own id rows, else 0."""
+        return (self.content_log_popularity[item_idx] >= self.min_log_count).to(self.ids.weight.dtype)
+
     def forward(self, item_idx: Tensor) -> Tensor:
         keep = self.dropout(item_idx.shape[0], item_idx.device)
         if self.min_log_count > 0:
-            keep = keep * (self.content_log_popularity[item_idx] >= self.min_log_count).unsqueeze(-1).to(keep.dtype)
+            keep = keep * self.has_id_row(item_idx).unsqueeze(-1)
         out = lookup(self.ids, item_idx) * keep
         # lookup: an item of a category added after training (above n_categories) gets a zero
         # category vector instead of an index error, like an item above n_items gets no id vector.
@@ -185,6 +187,8 @@ class CrossCategoryModel(nn.Module):
             {str(k): UserTower(sizes.n_users, d, kind, dropout, n_cat, sparse, ids) for k in range(1, n_cat + 1)})
         self.heads = CategoryHeads(sizes.n_categories, d, cfg.hidden_dim, cfg.bottom, cfg.experts,
                                    shared=cfg.share_across_categories, n_specific=cfg.specific_experts)
+        self.history_rows = (nn.Embedding(sizes.n_items + 1, d, padding_idx=0, sparse=sparse)
+                             if cfg.history_item_rows and kind is not HistoryEncoderKind.NONE else None)
         self.reset_parameters(torch.Generator().manual_seed(cfg.seed))
 
     # ------------------------------------------------------------------ parameters
@@ -197,6 +201,9 @@ class CrossCategoryModel(nn.Module):
         """
         for module in self.modules():
             init_module(module, generator)
+        if self.history_rows is not None:
+            with torch.no_grad():   # history items start as their candidate vectors
+                self.history_rows.weight.zero_()
         if self.cfg.item_bias:
             self.item_tower.init_bias()
             towers = [self.user_tower] if self.user_tower is not None else list(self.user_towers.values())
@@ -211,7 +218,7 @@ class CrossCategoryModel(nn.Module):
 
     def category_parameters(self, k: int) -> list[nn.Parameter]:
         """Parameters that belong to category k alone (θ_k, its gate, its own tower when not sharing)."""
-        self._check_category(k)
+        check_category(k, self.sizes.n_categories)
         params = list(self.heads.head(k).parameters())
         if self.user_towers is not None:
             params += list(self.user_towers[str(k)].parameters())
@@ -282,7 +289,7 @@ class CrossCategoryModel(nn.Module):
 
     def encode(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """(u ``[B, D]`` = f_k(h_u) for the example's category k, v ``[B, D]`` = g(item))."""
-        user_idx, history, item_idx, category_idx = self._check_batch(batch)
+        user_idx, history, item_idx, category_idx = check_batch(batch, self.sizes.n_categories, self.item_tower.content_rows)
         user_idx, history = self._drop_histories(user_idx, history)
         n = item_idx.shape[0]
         if self.cfg.history_encoder is HistoryEncoderKind.NONE:
@@ -293,7 +300,7 @@ class CrossCategoryModel(nn.Module):
         uniq, inverse = unique_items(torch.cat([item_idx, history.reshape(-1)]), self.item_tower.content_rows)
         vectors = self.item_tower(uniq)
         index = inverse[n:].view(history.shape)
-        u = self._user_side(user_idx, history, vectors, index, category_idx)
+        u = self._user_side(user_idx, history, self._history_table(uniq, vectors), index, category_idx)
         return self._with_user_bias(u), self._with_item_bias(vectors[inverse[:n]], item_idx)
 
     def _drop_histories(self, user_idx: Tensor, history: Tensor) -> tuple[Tensor, Tensor]:
@@ -329,21 +336,28 @@ class CrossCategoryModel(nn.Module):
         """User × category vectors ``[B, D]``: f_k(h_u) for k = category_idx."""
         batch = {"user_idx": user_idx, "history": history, "item_idx": torch.zeros_like(user_idx),
                  "category_idx": category_idx}
-        user_idx, history, _, category_idx = self._check_batch(batch)
+        user_idx, history, _, category_idx = check_batch(batch, self.sizes.n_categories, self.item_tower.content_rows)
         if self.cfg.history_encoder is HistoryEncoderKind.NONE:
             table = torch.zeros(1, self.cfg.embedding_dim, device=history.device)
             u = self._user_side(user_idx, history, table, torch.zeros_like(history), category_idx)
             return self._with_user_bias(u)
         uniq, inverse = unique_items(history.reshape(-1), self.item_tower.content_rows)
-        table = self.item_tower(uniq)
+        table = self._history_table(uniq, self.item_tower(uniq))
         return self._with_user_bias(self._user_side(user_idx, history, table, inverse.view(history.shape),
                                                     category_idx))
 
     def item_vectors(self, item_idx: Tensor) -> Tensor:
         """Item vectors ``[B, D]`` = g(item) (``[B, D + 1]`` with b(i) last when the model has item
         biases); new items (above n_items) come from content alone."""
-        self._check_items(item_idx, "item_idx")
+        check_items(item_idx, "item_idx", self.item_tower.content_rows)
         return self._with_item_bias(self.item_tower(item_idx), item_idx)
+
+    def _history_table(self, item_idx: Tensor, vectors: Tensor) -> Tensor:
+        """The vectors ``[N, D]`` of items read as history: their item-tower vectors, plus their
+        own history rows (``cfg.history_item_rows``; none for items without an id row)."""
+        if self.history_rows is None:
+            return vectors
+        return vectors + lookup(self.history_rows, item_idx) * self.item_tower.has_id_row(item_idx).unsqueeze(-1)
 
     def _user_side(self, user_idx: Tensor, history: Tensor, table: Tensor, index: Tensor,
                    category_idx: Tensor) -> Tensor:
@@ -362,39 +376,3 @@ class CrossCategoryModel(nn.Module):
             return self.heads.forward_one(k, h)
 
         return per_category(groups, one, user_idx, index, mask, hist_category)
-
-    # ------------------------------------------------------------------ input checks
-
-    def _check_category(self, k: int) -> None:
-        if not 1 <= k <= self.sizes.n_categories:
-            raise ValueError(f"category_idx {k} outside 1..{self.sizes.n_categories} (model's n_categories); "
-                             "add it with transfer.init_new_category_head")
-
-    def _check_items(self, idx: Tensor, name: str) -> None:
-        if idx.dtype != torch.long:
-            raise TypeError(f"batch[{name!r}] must be a long tensor, got {idx.dtype}")
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.item_tower.content_rows):
-            bad = int(idx.max()) if int(idx.min()) >= 0 else int(idx.min())
-            raise ValueError(f"batch[{name!r}] has item_idx {bad}; the item content covers 0.."
-                             f"{self.item_tower.content_rows - 1}: call set_content with content for new items")
-
-    def _check_batch(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        missing = [k for k in BATCH_KEYS if k not in batch]
-        if missing:
-            raise ValueError(f"model batch lacks keys {missing}; got {sorted(batch)}")
-        user_idx, history, item_idx, category_idx = (batch[k] for k in BATCH_KEYS)
-        for name, t, dims in (("user_idx", user_idx, 1), ("history", history, 2), ("category_idx", category_idx, 1)):
-            if t.dtype != torch.long or t.dim() != dims:
-                raise TypeError(f"batch[{name!r}] must be a {dims}-d long tensor, got {t.dtype} {tuple(t.shape)}")
-        n = item_idx.shape[0]
-        if user_idx.shape[0] != n or history.shape[0] != n or category_idx.shape[0] != n:
-            raise ValueError(f"batch sizes differ: user_idx {user_idx.shape[0]}, history {history.shape[0]}, "
-                             f"item_idx {n}, category_idx {category_idx.shape[0]}")
-        self._check_items(item_idx, "item_idx")
-        self._check_items(history, "history")
-        if n and (int(category_idx.min()) < 1 or int(category_idx.max()) > self.sizes.n_categories):
-            bad = int(category_idx.min()) if int(category_idx.min()) < 1 else int(category_idx.max())
-            self._check_category(bad)
-        if n and int(user_idx.min()) < 0:
-            raise ValueError(f"batch['user_idx'] has negative id {int(user_idx.min())}")
-        return user_idx, history, item_idx, category_idx

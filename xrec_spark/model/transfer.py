@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import torch
 
 from xrec_spark.config import TransferPhase
+from xrec_spark.model.inputs import check_category
 from xrec_spark.model.losses import MultiTaskLoss
 from xrec_spark.model.towers import CrossCategoryModel
 
@@ -74,7 +75,7 @@ def phase_param_groups(model: CrossCategoryModel, loss: MultiTaskLoss, phase: st
     if lr <= 0 or shared_lr_scale < 0:
         raise ValueError(f"phase {phase}: lr must be > 0 and shared_lr_scale >= 0, got {lr}, {shared_lr_scale}")
     for k in [*source_categories, *target_categories]:
-        model._check_category(int(k))
+        check_category(int(k), model.sizes.n_categories)
     categories = sorted(phase_categories(phase, source_categories, target_categories))
     heads = model.head_parameters(categories) + [p for k in categories for p in loss.category_parameters(k)]
     shared = [] if phase == "freeze" else model.shared_parameters()
@@ -105,7 +106,7 @@ def init_new_category_head(model: CrossCategoryModel, new_category: int, neighbo
         raise ValueError(f"init_new_category_head({new_category}): give at least one neighbour category "
                          f"other than itself, got {list(neighbours)}")
     for k in sources:
-        model._check_category(k)
+        check_category(k, model.sizes.n_categories)
     target = model.category_parameters(new_category)
     per_source = [model.category_parameters(k) for k in sources]
     for i, param in enumerate(target):
