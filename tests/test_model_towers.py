@@ -305,3 +305,15 @@ def test_history_item_rows_skip_items_below_min_count():
     u, _ = model.encode(batch)
     u.sum().backward()
     assert not model.history_rows.weight.grad.any()
+
+
+@pytest.mark.parametrize("power", [1.0, 0.5, 0.0])
+def test_mean_pooling_divides_the_sum_by_the_count_to_the_power(power):
+    enc = HistoryEncoder(HistoryEncoderKind.MEAN, dim=2, pool_power=power)
+    table = torch.tensor([[0.0, 0.0], [1.0, 2.0], [3.0, 4.0], [5.0, 0.0], [1.0, 1.0]])
+    index = torch.tensor([[1, 2, 3, 4], [4, 0, 0, 0], [0, 0, 0, 0]])
+    mask = index != 0
+    expected = torch.tensor([[10.0, 7.0] if power == 0.0 else [10.0 / 4 ** power, 7.0 / 4 ** power],
+                             [1.0, 1.0], [0.0, 0.0]])
+    torch.testing.assert_close(enc.pool(table, index, mask), expected)
+    torch.testing.assert_close(enc(table[index], mask), expected)

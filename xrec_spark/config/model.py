@@ -105,6 +105,10 @@ class ModelConfig(_Section):
     # an item says about a user's taste may differ from how it is scored as a candidate (the
     # separate input and output item matrices of FISM, EASE's asymmetric weights, Mult-DAE).
     history_item_rows: bool = False
+    # history_encoder=mean divides the sum of a user's history vectors by n^power: 1 is the mean,
+    # 0.5 FISM's n^-1/2 (Kabbur et al. 2013), under which a long profile speaks louder than a
+    # short one instead of being averaged to the same length.
+    history_pool_power: float = Field(1.0, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _users_represented(self) -> "ModelConfig":

@@ -84,7 +84,7 @@ class HistoryEncoder(nn.Module):
 
     Inputs: items ``[B, L, D]`` (item-tower vectors, most recent first), mask bool ``[B, L]``
     (False = padding). Output ``[B, D]``; an empty history gives zeros. Kinds: ``mean`` (masked
-    mean), ``attention`` (learned query over the items plus a recency bias per position),
+    sum over n^pool_power, n the row's items: the mean at 1), ``attention`` (learned query over the items plus a recency bias per position),
     ``gru`` (GRU over the items oldest to newest, last state projected), ``category_attention``
     (the query is the target category's: one learned vector per category, plus a learned bonus
     for history items of the target category itself; it needs ``target [B]`` and the history
@@ -97,11 +97,11 @@ class HistoryEncoder(nn.Module):
         # -> [[1, 1, 1, 1], [0, 0, 0, 0]]
     """
 
-    def __init__(self, kind: HistoryEncoderKind, dim: int, n_categories: int = 0) -> None:
+    def __init__(self, kind: HistoryEncoderKind, dim: int, n_categories: int = 0, pool_power: float = 1.0) -> None:
         super().__init__()
         if kind is HistoryEncoderKind.NONE:
             raise ValueError("HistoryEncoder kind 'none' has no encoder; do not build one")
-        self.kind = kind
+        self.kind, self.pool_power = kind, pool_power
         if kind is HistoryEncoderKind.CATEGORY_ATTENTION:
             if n_categories < 1:
                 raise ValueError("history_encoder=category_attention needs n_categories >= 1")
@@ -135,7 +135,7 @@ class HistoryEncoder(nn.Module):
             return self.forward(table[index], mask)
         counts = mask.sum(1)
         offsets = torch.cumsum(counts, 0) - counts
-        weights = (1.0 / counts.clamp_min(1).to(table.dtype)).repeat_interleave(counts)
+        weights = counts.clamp_min(1).to(table.dtype).pow(-self.pool_power).repeat_interleave(counts)
         return F.embedding_bag(index[mask], table, offsets, mode="sum", per_sample_weights=weights)
 
     def forward(self, items: Tensor, mask: Tensor, target: Tensor | None = None,
@@ -146,7 +146,7 @@ class HistoryEncoder(nn.Module):
                 raise ValueError("history_encoder=category_attention needs target and item_category")
             return self._category_attention(items, mask, maskf, target, item_category)
         if self.kind is HistoryEncoderKind.MEAN:
-            return (items * maskf.unsqueeze(-1)).sum(1) / maskf.sum(1, keepdim=True).clamp_min(1.0)
+            return (items * maskf.unsqueeze(-1)).sum(1) / maskf.sum(1, keepdim=True).clamp_min(1.0).pow(self.pool_power)
         if self.kind is HistoryEncoderKind.ATTENTION:
             return self._attention(items, mask, maskf)
         return self._gru(items, mask, maskf)

@@ -146,10 +146,12 @@ class UserTower(nn.Module):
     """
 
     def __init__(self, n_users: int, dim: int, kind: HistoryEncoderKind, dropout: IdDropout,
-                 n_categories: int = 0, sparse: bool = False, user_ids: bool = True) -> None:
+                 n_categories: int = 0, sparse: bool = False, user_ids: bool = True,
+                 pool_power: float = 1.0) -> None:
         super().__init__()
         self.ids = nn.Embedding(n_users + 1, dim, padding_idx=0, sparse=sparse) if user_ids else None
-        self.history = None if kind is HistoryEncoderKind.NONE else HistoryEncoder(kind, dim, n_categories)
+        self.history = (None if kind is HistoryEncoderKind.NONE
+                        else HistoryEncoder(kind, dim, n_categories, pool_power))
         self.dropout = dropout
 
     def forward(self, user_idx: Tensor, table: Tensor, index: Tensor, mask: Tensor,
@@ -180,11 +182,12 @@ class CrossCategoryModel(nn.Module):
         self.item_tower = ItemTower(cfg, sizes.n_items, sizes.n_categories, content, dropout)
         d, kind = cfg.embedding_dim, cfg.history_encoder
         n_cat, sparse = sizes.n_categories, cfg.sparse_embeddings
-        ids = cfg.user_ids
-        self.user_tower = (UserTower(sizes.n_users, d, kind, dropout, n_cat, sparse, ids)
+        ids, power = cfg.user_ids, cfg.history_pool_power
+        self.user_tower = (UserTower(sizes.n_users, d, kind, dropout, n_cat, sparse, ids, power)
                            if cfg.share_across_categories else None)
         self.user_towers = None if cfg.share_across_categories else nn.ModuleDict(
-            {str(k): UserTower(sizes.n_users, d, kind, dropout, n_cat, sparse, ids) for k in range(1, n_cat + 1)})
+            {str(k): UserTower(sizes.n_users, d, kind, dropout, n_cat, sparse, ids, power)
+             for k in range(1, n_cat + 1)})
         self.heads = CategoryHeads(sizes.n_categories, d, cfg.hidden_dim, cfg.bottom, cfg.experts,
                                    shared=cfg.share_across_categories, n_specific=cfg.specific_experts)
         self.history_rows = (nn.Embedding(sizes.n_items + 1, d, padding_idx=0, sparse=sparse)
@@ -259,7 +262,7 @@ class CrossCategoryModel(nn.Module):
         if self.user_towers is not None:
             tower = UserTower(self.sizes.n_users, self.cfg.embedding_dim, self.cfg.history_encoder,
                               self.item_tower.dropout, k, self.cfg.sparse_embeddings,
-                              self.cfg.user_ids).to(self.item_tower.ids.weight.device)
+                              self.cfg.user_ids, self.cfg.history_pool_power).to(self.item_tower.ids.weight.device)
             for module in tower.modules():
                 init_module(module, generator)
             self.user_towers[str(k)] = tower
