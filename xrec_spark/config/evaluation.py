@@ -26,6 +26,8 @@ class Baseline(StrEnum):
     POPULARITY_CATEGORY = "popularity_category"
     ALS = "als"
     EASE = "ease"
+    # Mult-DAE (Liang et al. 2018): a denoising autoencoder over users' train rows (opt-in).
+    DAE = "dae"
     NO_SHARING = "no_sharing"
     SHARED_NO_TRANSFER = "shared_no_transfer"
 
@@ -70,6 +72,14 @@ class EvalConfig(_Section):
     # categories; lambda (L2) chosen on valid from ease_lambdas. Driver memory ~ 4 x N^2 floats.
     ease_items: int = Field(10_000, ge=1)
     ease_lambdas: list[float] = Field(default_factory=lambda: [10.0, 50.0, 200.0, 1000.0, 5000.0])
+    # Mult-DAE over the dae_items most popular train items of all categories (opt-in: add
+    # "dae" to baselines): the hidden size chosen on valid from dae_hidden, the epoch by valid
+    # NDCG@tune_k every dae_eval_every epochs up to dae_epochs; input dropout dae_dropout.
+    dae_items: int = Field(10_000, ge=1)
+    dae_hidden: list[int] = Field(default_factory=lambda: [200, 600])
+    dae_epochs: int = Field(50, ge=1)
+    dae_eval_every: int = Field(5, ge=1)
+    dae_dropout: float = Field(0.5, ge=0.0, lt=1.0)
     tune_k: int = Field(10, ge=1)
     # Users of one category ranked per kernel call in full ranking, for every system (memory:
     # this many users x the largest K kept, plus the kernel's tiles).
@@ -86,7 +96,7 @@ class EvalConfig(_Section):
     def _known_values(self) -> "EvalConfig":
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be a non-empty list of cut-offs >= 1; got {self.ks}")
-        for key in ("als_reg_params", "als_alphas", "als_ranks", "ease_lambdas"):
+        for key in ("als_reg_params", "als_alphas", "als_ranks", "ease_lambdas", "dae_hidden"):
             values = getattr(self, key)
             if not values or min(values) <= 0:
                 raise ValueError(f"{key} must be a non-empty list of positive values; got {values}")

@@ -13,6 +13,9 @@
   dot product of the factors (full ranking within the category).
 - ``ease``: EASE (Steck 2019) over the ``eval.ease_items`` most popular train items of all
   categories, λ chosen on valid from ``eval.ease_lambdas`` (:mod:`xrec_spark.eval.ease`).
+- ``dae``: Mult-DAE (Liang et al. 2018, :mod:`xrec_spark.model.autoencoder`) over the
+  ``eval.dae_items`` most popular train items of all categories, the hidden size and the epoch
+  chosen on valid; it ranks a category's items by their decoded logits, like EASE by x·B.
 
 All baselines are fitted on train positives only, like the model.
 """
@@ -23,6 +26,8 @@ import logging
 import tempfile
 from dataclasses import dataclass
 
+import numpy as np
+import torch
 from pyspark.ml.recommendation import ALS
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -31,14 +36,15 @@ from xrec_spark.config import Baseline, EvalConfig
 from xrec_spark.eval import columns as C
 from xrec_spark.eval import ease as E
 from xrec_spark.eval.metrics import group_metrics, ranked_lists, relevant_groups, system_rankings
+from xrec_spark.model.autoencoder import AutoencoderSettings, MultDAE, fit_autoencoder
 from xrec_spark.ranking.popularity import constant_user_vectors, popularity_vectors, rank_by_popularity
 from xrec_spark.ranking.spark import rank_by_vectors
 
 log = logging.getLogger(__name__)
 
 POP_CATEGORY, POP_GLOBAL = Baseline.POPULARITY_CATEGORY.value, Baseline.POPULARITY_GLOBAL.value
-ALS_NAME, EASE_NAME = Baseline.ALS.value, E.EASE_NAME
-BASELINES: tuple[str, ...] = (POP_GLOBAL, POP_CATEGORY, ALS_NAME, EASE_NAME)
+ALS_NAME, EASE_NAME, DAE_NAME = Baseline.ALS.value, E.EASE_NAME, Baseline.DAE.value
+BASELINES: tuple[str, ...] = (POP_GLOBAL, POP_CATEGORY, ALS_NAME, EASE_NAME, DAE_NAME)
 _GLOBAL = 0  # pseudo category holding every item for the global list
 
 
@@ -206,7 +212,7 @@ def tune_ease(interactions: DataFrame, item_features: DataFrame, cfg: EvalConfig
     best, best_lam, best_score = None, None, float("-inf")
     for lam in cfg.ease_lambdas:
         weights = E.ease_weights(data.gram, lam)
-        lists = E.rank_pairs(data, weights, local_pairs, seen_users, cfg.tune_k)
+        lists = E.rank_pairs(data, E.weights_scorer(weights), local_pairs, seen_users, cfg.tune_k)
         score, n = E.mean_ndcg(lists, local_groups, cfg.tune_k)
         log.info("EASE lambda=%g: valid NDCG@%d = %.5f over %d groups (%.0f s so far, peak RSS %.1f GiB)",
                  lam, cfg.tune_k, score, n, clock(), E.peak_rss_gib())
@@ -224,4 +230,65 @@ def tune_ease(interactions: DataFrame, item_features: DataFrame, cfg: EvalConfig
 
 def ease_rankings(fit: EaseFit, pairs: DataFrame, seen: DataFrame, k: int) -> DataFrame:
     """Rankings of the chosen EASE model for ``pairs`` (see :func:`xrec_spark.eval.ease.rank_pairs`)."""
-    return E.ease_rankings(pairs.sparkSession, fit.data, fit.weights, pairs, seen, k)
+    return E.pair_rankings(pairs.sparkSession, fit.data, E.weights_scorer(fit.weights), pairs, seen, k)
+
+
+@dataclass(frozen=True)
+class DaeFit:
+    """The chosen Mult-DAE: its data, model, settings and epoch, and every point scored on valid
+    as (hidden, epoch, valid NDCG, groups)."""
+
+    data: E.EaseData
+    model: MultDAE
+    settings: AutoencoderSettings
+    epoch: int
+    grid: list[tuple[int, int, float, int]]
+    seconds: float
+
+
+def dae_scorer(model: MultDAE) -> E.Scorer:
+    """The autoencoder's logits for the columns asked (a block of users' rows at a time)."""
+    def score(x: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model.scores(torch.from_numpy(x), torch.from_numpy(cols)).numpy()
+    return score
+
+
+def tune_dae(interactions: DataFrame, item_features: DataFrame, cfg: EvalConfig) -> DaeFit:
+    """Fit Mult-DAE on train positives for each ``cfg.dae_hidden``, scoring valid NDCG@tune_k
+    every ``cfg.dae_eval_every`` epochs; keep the best (hidden, epoch)."""
+    clock = E.Stopwatch()
+    data = E.collect_ease_data(train_positives(interactions), item_features, cfg.dae_items, with_gram=False)
+    groups, pairs, seen = _valid_setup(interactions)
+    local_groups = groups.select(C.USER, C.CATEGORY, C.RELEVANT).toPandas()
+    local_pairs = local_groups[[C.USER, C.CATEGORY]].drop_duplicates()
+    seen_users = E.seen_by_user(seen, pairs)
+    rows = list(data.user_rows.values())
+    grid: list[tuple[int, int, float, int]] = []
+    best: tuple[float, MultDAE, AutoencoderSettings, int] | None = None
+    for hidden in cfg.dae_hidden:
+        settings = AutoencoderSettings(hidden=hidden, dropout=cfg.dae_dropout, epochs=cfg.dae_epochs, seed=cfg.seed)
+
+        def valid_score(epoch: int, model: MultDAE, hidden: int = hidden) -> float:
+            lists = E.rank_pairs(data, dae_scorer(model), local_pairs, seen_users, cfg.tune_k)
+            score, n = E.mean_ndcg(lists, local_groups, cfg.tune_k)
+            grid.append((hidden, epoch, score, n))
+            log.info("DAE hidden=%d epoch %d: valid NDCG@%d = %.5f over %d groups (%.0f s so far)",
+                     hidden, epoch, cfg.tune_k, score, n, clock())
+            return score
+
+        model, _ = fit_autoencoder(rows, len(data.items), settings, valid_score, every=cfg.dae_eval_every)
+        score, epoch = max((s, -e) for h, e, s, _ in grid if h == hidden)
+        if best is None or score > best[0]:
+            best = (score, model, settings, -epoch)
+    assert best is not None   # dae_hidden is validated non-empty
+    score, model, settings, epoch = best
+    fit = DaeFit(data, model, settings, epoch, grid, clock())
+    log.info("DAE: chose hidden=%d at epoch %d (valid NDCG@%d %.5f); %d points in %.0f s",
+             settings.hidden, epoch, cfg.tune_k, score, len(grid), fit.seconds)
+    return fit
+
+
+def dae_rankings(fit: DaeFit, pairs: DataFrame, seen: DataFrame, k: int) -> DataFrame:
+    """Rankings of the chosen Mult-DAE for ``pairs`` (see :func:`xrec_spark.eval.ease.rank_pairs`)."""
+    return E.pair_rankings(pairs.sparkSession, fit.data, dae_scorer(fit.model), pairs, seen, k, DAE_NAME)

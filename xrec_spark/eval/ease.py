@@ -26,6 +26,7 @@ import logging
 import resource
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -43,11 +44,14 @@ log = logging.getLogger(__name__)
 
 EASE_NAME = Baseline.EASE.value
 _BLOCK = 2048  # users per dense block of X (memory: block x N float32)
+# Scores of a block of users' rows x ``[b, N]`` for the item columns ``cols`` ``[C]`` -> ``[b, C]``:
+# EASE's x·B[:, cols] here, the autoencoder's decoded logits in :mod:`xrec_spark.eval.baselines`.
+Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
 class EaseData:
-    """Driver-side inputs of EASE.
+    """Driver-side inputs of EASE (and of the ``dae`` autoencoder, which reads the same rows).
 
     ``items``: the N modelled item ids (most popular first is not required; column j of X and B
     is item ``items[j]``). ``user_rows``: user_idx -> the column indices of its train positives
@@ -57,7 +61,12 @@ class EaseData:
     items: np.ndarray
     user_rows: dict[int, np.ndarray]
     catalogue: pd.DataFrame
-    gram: np.ndarray = field(repr=False)   # XᵀX, float64 [N, N]
+    gram: np.ndarray | None = field(default=None, repr=False)   # XᵀX, float64 [N, N] (EASE only)
+
+
+def weights_scorer(weights: np.ndarray) -> Scorer:
+    """EASE's scores x·B for the columns asked (``weights`` = B ``[N, N]``)."""
+    return lambda x, cols: x @ weights[:, cols]
 
 
 def ease_weights(gram: np.ndarray, lam: float) -> np.ndarray:
@@ -101,8 +110,10 @@ def gram_matrix(user_rows: dict[int, np.ndarray], n_items: int) -> np.ndarray:
     return gram
 
 
-def collect_ease_data(positives: DataFrame, item_features: DataFrame, n_items: int) -> EaseData:
-    """Collect train positives (user_idx, item_idx) and the catalogue; build X's rows and XᵀX."""
+def collect_ease_data(positives: DataFrame, item_features: DataFrame, n_items: int,
+                      with_gram: bool = True) -> EaseData:
+    """Collect train positives (user_idx, item_idx) and the catalogue; build X's rows and (with
+    ``with_gram``) XᵀX."""
     check_columns(item_features, "EASE item features", (C.ITEM, C.CATEGORY, "train_count"))
     catalogue = item_features.select(C.ITEM, C.CATEGORY, "train_count").toPandas()
     items = top_items(catalogue, n_items)
@@ -111,7 +122,7 @@ def collect_ease_data(positives: DataFrame, item_features: DataFrame, n_items: i
     pos = pos[pos[C.ITEM].isin(column.index)]
     pos = pos.assign(col=column.reindex(pos[C.ITEM].to_numpy()).to_numpy())
     user_rows = {int(u): np.sort(g["col"].to_numpy(dtype=np.int64)) for u, g in pos.groupby(C.USER)}
-    return EaseData(items, user_rows, catalogue, gram_matrix(user_rows, len(items)))
+    return EaseData(items, user_rows, catalogue, gram_matrix(user_rows, len(items)) if with_gram else None)
 
 
 @dataclass(frozen=True)
@@ -134,9 +145,9 @@ def _categories(data: EaseData) -> dict[int, _Category]:
     return out
 
 
-def rank_pairs(data: EaseData, weights: np.ndarray, pairs: pd.DataFrame, seen: dict[int, set[int]],
+def rank_pairs(data: EaseData, scorer: Scorer, pairs: pd.DataFrame, seen: dict[int, set[int]],
                k: int) -> pd.DataFrame:
-    """Top-k per (user_idx, category_idx) row of ``pairs``, in RANKED_SCHEMA columns.
+    """Top-k per (user_idx, category_idx) row of ``pairs`` by ``scorer``, in RANKED_SCHEMA columns.
 
     Outside-N items carry score ``lowest inside score − 1 − position`` so that the score column
     orders like the rank column.
@@ -151,7 +162,7 @@ def rank_pairs(data: EaseData, weights: np.ndarray, pairs: pd.DataFrame, seen: d
         for start in range(0, len(users), _BLOCK):
             block = users[start:start + _BLOCK]
             x = _dense_rows([data.user_rows[u] for u in block], len(data.items))
-            scores = x @ weights[:, info.cols]                      # [block, items of cat in N]
+            scores = scorer(x, info.cols)                           # [block, items of cat in N]
             out.append(_block_lists(block, int(cat), scores, info, seen, k))
     if not out:
         return pd.DataFrame({f.name: pd.Series(dtype="float64" if f.name == C.SCORE else "int32")
@@ -215,12 +226,12 @@ def seen_by_user(seen: DataFrame, users: DataFrame) -> dict[int, set[int]]:
     return {int(u): set(g[C.ITEM].astype(int)) for u, g in rows.groupby(C.USER)}
 
 
-def ease_rankings(spark: SparkSession, data: EaseData, weights: np.ndarray, pairs: DataFrame,
+def pair_rankings(spark: SparkSession, data: EaseData, scorer: Scorer, pairs: DataFrame,
                   seen: DataFrame, k: int, system: str = EASE_NAME) -> DataFrame:
     """Rankings DataFrame (system, user_idx, category_idx, rank, item_idx, score) of ``pairs``."""
-    check_columns(pairs, "EASE pairs", (C.USER, C.CATEGORY))
+    check_columns(pairs, f"{system} pairs", (C.USER, C.CATEGORY))
     local_pairs = pairs.select(C.USER, C.CATEGORY).distinct().toPandas()
-    lists = rank_pairs(data, weights, local_pairs, seen_by_user(seen, pairs), k)
+    lists = rank_pairs(data, scorer, local_pairs, seen_by_user(seen, pairs), k)
     return system_rankings(spark.createDataFrame(lists[RANKED_SCHEMA.names], RANKED_SCHEMA), system)
 
 

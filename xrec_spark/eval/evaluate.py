@@ -116,6 +116,12 @@ def _baseline_rankings(name: str, interactions: DataFrame, features: DataFrame, 
                   "seconds": round(fit.seconds, 1), "peak_rss_gib": round(fit.peak_rss_gib, 2)}
                  for lam, s, n in fit.grid]
         return B.ease_rankings(fit, pairs, seen, k), table
+    if name == B.DAE_NAME:
+        dae = B.tune_dae(interactions, features, cfg.eval)
+        table = [{"system": f"dae[hidden={h},epoch={e},items={len(dae.data.items)}]", "hidden": h, "epoch": e,
+                  "items": len(dae.data.items), "valid_ndcg": s, "groups": n, "seconds": round(dae.seconds, 1)}
+                 for h, e, s, n in dae.grid]
+        return B.dae_rankings(dae, pairs, seen, k), table
     raise ValueError(f"eval.baselines: {name!r} has no ranking function here")
 
 
