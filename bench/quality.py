@@ -44,7 +44,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SYSTEMS = ("popularity_global", "popularity_category", "als", "ease", "no_sharing", "shared_no_transfer", "model")
+SYSTEMS = ("popularity_global", "popularity_category", "als", "ease", "dae", "no_sharing", "shared_no_transfer", "model")
 DATASET_OF_CONFIG = {"local": "ciao"}       # conf/<stem>.yaml -> data set name of the results file
 RESULTS = REPO / "bench" / "results"
 SLICES = ("warm", "cross_category", "cold_user", "cold_item", "all")
@@ -94,7 +94,7 @@ def quality_json(rows, dataset: str, split: str, max_iter: int | None = None, k:
 
     systems, paired = _metric_block(rows, C.NDCG, k, split)
     recall_systems, recall_paired = _metric_block(rows, C.RECALL, k, split)
-    params = {name: _tuned_params(rows, name) for name in ("als", "ease")}
+    params = {name: _tuned_params(rows, name) for name in ("als", "ease", "dae")}
     if params["als"] and max_iter is not None:
         params["als"]["max_iter"] = max_iter
     return {"dataset": dataset, "split": split, "metric": f"ndcg@{k}", "systems": systems, "paired": paired,

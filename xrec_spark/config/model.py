@@ -77,8 +77,9 @@ class ModelConfig(_Section):
     item_bias: bool = False
     # loss=softmax: categories with at most this many items are ranked against all of them;
     # larger ones against a uniform pool of softmax_pool items (plus the batch's positives),
-    # with the log-Q correction.
-    softmax_full_max_items: int = Field(50_000, ge=1)
+    # with the log-Q correction, so a step costs the same whatever a category holds (on Ciao's
+    # valid split 4,096 was level with the whole category at 1.3-1.4x the speed: BENCHMARKS.md).
+    softmax_full_max_items: int = Field(4096, ge=1)
     softmax_pool: int = Field(4096, ge=1)
     # Items with fewer train positives than this own no id row: they are scored from category,
     # popularity and content (an id row that one example trains only memorises it).

@@ -33,9 +33,9 @@ TRAINED_BASELINES: dict[str, list[str]] = {
 }
 # Every other baseline: fitted by the evaluation itself.
 EVAL_BASELINES = tuple(b.value for b in Baseline if b not in TRAINED)
-# Keys whose EvalConfig defaults (the full ALS search, EASE's grid) the bench always uses.
+# Keys whose EvalConfig defaults (the full ALS search, EASE's and the DAE's grids) the bench always uses.
 FULL_SEARCH_KEYS = ("als_base_rank", "als_reg_params", "als_alphas", "als_ranks", "als_max_iter",
-                    "ease_items", "ease_lambdas")
+                    "ease_items", "ease_lambdas", "dae_items", "dae_hidden", "dae_epochs")
 
 
 def single_phase(cfg: JobConfig) -> str:

@@ -47,8 +47,8 @@ class TrainingFailedError(RuntimeError):
 
 # Bumped when the model or trainer code changes what the same config and inputs train, so that
 # a finished run of an older release is trained again rather than reused (or resumed).
-# 2: user id rows start at zero with item biases.
-MODEL_LOGIC_VERSION = 2
+# 2: user id rows start at zero with item biases. 3: the softmax's sampled pool has no repeats.
+MODEL_LOGIC_VERSION = 3
 
 
 def run_id_for(cfg: JobConfig, input_versions: dict[str, int]) -> str:
