@@ -11,7 +11,8 @@ from test_eval_ease import CATALOGUE, POSITIVES, TS
 from xrec_spark.config import EvalConfig
 from xrec_spark.eval import columns as C
 from xrec_spark.eval.baselines import dae_rankings, tune_dae
-from xrec_spark.model.autoencoder import AutoencoderSettings, MultDAE, dense_rows, fit_autoencoder
+from xrec_spark.model.autoencoder import (AutoencoderSettings, MultDAE, dense_rows, fit_autoencoder,
+                                           profile_item_vectors)
 from xrec_spark.tables import INTERACTIONS
 
 
@@ -96,3 +97,18 @@ def test_dae_baseline_is_tuned_on_valid_and_ranks_within_the_category(spark):
     assert [s for _, s in u4] == sorted((s for _, s in u4), reverse=True)
     assert [i for i, _ in lists[(1, 1)]] == [12, 14]
     assert (9, 1) not in lists   # no train positive: no list, as for EASE
+
+
+def test_profile_item_vectors_put_items_of_one_taste_group_together():
+    rows, _, _ = _planted(2)
+    profiles = [r + 1 for r in rows]                 # item ids 1..40 (0 is padding)
+    items = np.arange(40, 0, -1)                     # any order: vectors follow it
+    vectors = profile_item_vectors(profiles, items, dim=8,
+                                   settings=AutoencoderSettings(epochs=40, lr=1e-2, batch_size=50, seed=0))
+    assert vectors.shape == (40, 8)
+    unit = torch.nn.functional.normalize(vectors, dim=1)
+    cosine = unit @ unit.T
+    group = torch.as_tensor((items - 1) // 10)
+    same = group.unsqueeze(0) == group.unsqueeze(1)
+    off_diagonal = ~torch.eye(40, dtype=torch.bool)
+    assert float(cosine[same & off_diagonal].mean()) > float(cosine[~same].mean()) + 0.3

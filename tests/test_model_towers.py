@@ -317,3 +317,15 @@ def test_mean_pooling_divides_the_sum_by_the_count_to_the_power(power):
                              [1.0, 1.0], [0.0, 0.0]])
     torch.testing.assert_close(enc.pool(table, index, mask), expected)
     torch.testing.assert_close(enc(table[index], mask), expected)
+
+
+def test_init_item_rows_sets_the_rows_asked_at_the_initialisers_spread():
+    model = tiny_model()
+    before = model.item_tower.ids.weight.detach().clone()
+    vectors = torch.randn(3, 8, generator=torch.Generator().manual_seed(0)) * 5.0
+    model.init_item_rows(torch.tensor([2, 4, 7]), vectors)
+    after = model.item_tower.ids.weight.detach()
+    scale = 0.1 / vectors.std()
+    torch.testing.assert_close(after[[2, 4, 7]], vectors * scale)
+    untouched = [i for i in range(after.shape[0]) if i not in (2, 4, 7)]
+    torch.testing.assert_close(after[untouched], before[untouched])

@@ -26,7 +26,7 @@ from xrec_spark.config.loading import (
     RENAMED_KEYS, build_config, load_config, merge_sections, read_yaml_file, with_renamed_keys,
 )
 from xrec_spark.config.model import (
-    BottomKind, ContentEncoderKind, FusionKind, HistoryEncoderKind, LossKind, ModelConfig, TaskWeighting,
+    BottomKind, ContentEncoderKind, FusionKind, HistoryEncoderKind, InitFrom, LossKind, ModelConfig, TaskWeighting,
 )
 from xrec_spark.config.storage import DeltaConfig, DeltaJars, LakehouseConfig, SparkConfig
 from xrec_spark.config.train import (
@@ -36,7 +36,7 @@ from xrec_spark.config.train import (
 __all__ = [
     "RENAMED_KEYS", "TRAINED_BASELINES", "Baseline", "BatchConfig", "BottomKind", "ConfigError", "ContentEncoderKind",
     "CsvOptions", "DeltaConfig", "DeltaJars", "DistBackend", "EvalConfig", "EvalSplit", "EventColumns", "EventSource",
-    "FeaturesConfig", "FileFormat", "FusionKind", "HistoryAsOf", "HistoryEncoderKind", "InferenceDevice",
+    "FeaturesConfig", "FileFormat", "FusionKind", "HistoryAsOf", "HistoryEncoderKind", "InferenceDevice", "InitFrom",
     "IngestConfig", "ItemColumns", "ItemSource", "JobConfig", "LakehouseConfig", "LoaderKind", "LossKind",
     "ModelConfig", "NegativeStrategy", "NegativesConfig", "PhaseConfig", "PrunerConfig", "PrunerKind", "SearchKind",
     "SparkConfig", "SplitConfig", "SyntheticConfig", "TaskWeighting", "TimestampUnit", "TrainConfig",

@@ -42,6 +42,12 @@ class LossKind(str, Enum):
     SOFTMAX = "softmax"
 
 
+class InitFrom(str, Enum):
+    NONE = "none"
+    # Item id rows start at the item vectors of a Mult-DAE fitted on the users' train profiles.
+    AUTOENCODER = "autoencoder"
+
+
 class TaskWeighting(str, Enum):
     UNIFORM = "uniform"
     SIZE = "size"
@@ -110,6 +116,10 @@ class ModelConfig(_Section):
     # 0.5 FISM's n^-1/2 (Kabbur et al. 2013), under which a long profile speaks louder than a
     # short one instead of being averaged to the same length.
     history_pool_power: float = Field(1.0, ge=0.0, le=1.0)
+    # Where the item id rows start: random (none), or at the decoder rows of a Mult-DAE with
+    # embedding_dim hidden units fitted on the users' end-of-train profiles (silver.user_history)
+    # over the items that own a row (autoencoder pretraining; Liang et al. 2018).
+    init_from: InitFrom = InitFrom.NONE
 
     @model_validator(mode="after")
     def _users_represented(self) -> "ModelConfig":

@@ -14,6 +14,7 @@ Shapes: ``B`` users in a batch, ``N`` items, ``H`` hidden units.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -126,3 +127,23 @@ def fit_autoencoder(rows: Sequence[np.ndarray], n_items: int, settings: Autoenco
         return model.eval(), history
     finally:
         torch.random.set_rng_state(torch_state)
+
+
+def profile_item_vectors(profiles: Sequence[np.ndarray], items: np.ndarray, dim: int,
+                         settings: AutoencoderSettings) -> Tensor:
+    """Item vectors ``[len(items), dim]`` learnt by a Mult-DAE of ``dim`` hidden units from users'
+    ``profiles`` (arrays of item ids; ids not in ``items`` are left out): the decoder's row of
+    each of ``items``, in that order. Rows start the recommender's item id embeddings
+    (``model.init_from: autoencoder``) with the geometry of profile completion.
+    """
+    items = np.asarray(items, dtype=np.int64)
+    column = np.full(int(items.max()) + 1 if len(items) else 1, -1, dtype=np.int64)
+    column[items] = np.arange(len(items))
+    rows = []
+    for profile in profiles:
+        ids = np.asarray(profile, dtype=np.int64)
+        ids = ids[(ids > 0) & (ids < len(column))]
+        cols = column[ids]
+        rows.append(np.unique(cols[cols >= 0]))
+    model, _ = fit_autoencoder(rows, len(items), dataclasses.replace(settings, hidden=dim))
+    return model.decoder.weight.detach().clone()

@@ -219,6 +219,15 @@ class CrossCategoryModel(nn.Module):
                     if tower.ids is not None:
                         tower.ids.weight.zero_()
 
+    @torch.no_grad()
+    def init_item_rows(self, item_idx: Tensor, vectors: Tensor) -> None:
+        """Start the id rows of ``item_idx`` ``[N]`` at ``vectors`` ``[N, D]`` (e.g. an
+        autoencoder's item vectors), rescaled to the initialiser's spread (std 0.1) so the id
+        part keeps its weight next to the category and popularity parts."""
+        table = self.item_tower.ids.weight
+        scale = 0.1 / vectors.std().clamp_min(1e-12)
+        table[item_idx.to(table.device)] = (vectors * scale).to(device=table.device, dtype=table.dtype)
+
     def category_parameters(self, k: int) -> list[nn.Parameter]:
         """Parameters that belong to category k alone (θ_k, its gate, its own tower when not sharing)."""
         check_category(k, self.sizes.n_categories)

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from xrec_spark.config import JobConfig, LossKind, PhaseConfig
+from xrec_spark.config import InitFrom, JobConfig, LossKind, PhaseConfig
+from xrec_spark.model.autoencoder import AutoencoderSettings, profile_item_vectors
 from xrec_spark.model.checkpoint import save_model
 from xrec_spark.model.content import ItemContent
 from xrec_spark.model.losses import Catalogue, MultiTaskLoss
@@ -31,7 +32,7 @@ from xrec_spark.train.batching import batches, mix_seed, prefetched, steps_for, 
 from xrec_spark.train.loader import open_loader, read_pinned
 from xrec_spark.train.optim import Amp, Optimizers, Schedulers, warmup_cosine
 from xrec_spark.train.progress import Progress, format_slices
-from xrec_spark.train.spec import ITEM_FEATURES, TRAINING_EXAMPLES, TrainSpec
+from xrec_spark.train.spec import ITEM_FEATURES, TRAINING_EXAMPLES, USER_HISTORY, TrainSpec
 from xrec_spark.train.validation import load_validation, validation_summary
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,26 @@ def load_content(spec: TrainSpec, cfg: JobConfig) -> ItemContent:
     return ItemContent.from_frame(frame, cfg.model, spec.sizes.n_items)
 
 
+def init_items_from_profiles(model: CrossCategoryModel, spec: TrainSpec, cfg: JobConfig) -> int:
+    """``model.init_from: autoencoder``: the id rows of the items that own one (train positives,
+    at least ``model.min_item_count``) start at the item vectors of a Mult-DAE fitted on the
+    users' profiles in the pinned silver.user_history (end of train: no look-ahead). Returns
+    how many rows it set."""
+    if USER_HISTORY not in spec.inputs or not spec.inputs[USER_HISTORY].files:
+        raise ValueError("model.init_from=autoencoder needs silver.user_history; run `xrec features` first")
+    hist = spec.inputs[USER_HISTORY]
+    histories = read_pinned(hist.files, hist.path, ["history"]).column("history").to_pylist()
+    profiles = [p for p in (np.asarray(h or [], dtype=np.int64) for h in histories) if (p > 0).any()]
+    tower = model.item_tower
+    ids = torch.arange(1, tower.ids.num_embeddings, device=tower.content_log_popularity.device)
+    owned = ids[(tower.has_id_row(ids) > 0) & (tower.content_log_popularity[ids] > 0)]
+    settings = AutoencoderSettings(seed=cfg.model.seed)
+    vectors = profile_item_vectors(profiles, owned.cpu().numpy(), cfg.model.embedding_dim, settings)
+    model.init_item_rows(owned, vectors)
+    log.info("init_from=autoencoder: %d item rows from a Mult-DAE over %d profiles", len(owned), len(profiles))
+    return len(owned)
+
+
 @dataclass(frozen=True)
 class PhaseRun:
     """What every step of one phase trains with: the phase, the (DDP-wrapped) objective, its
@@ -81,6 +102,10 @@ class Trainer:
         sizes = ModelSizes(spec.sizes.n_users, spec.sizes.n_items, spec.sizes.n_categories)
         content = load_content(spec, cfg).to(self.device)
         self.model = CrossCategoryModel(cfg.model, sizes, content).to(self.device)
+        if cfg.model.init_from is InitFrom.AUTOENCODER and info.is_zero:
+            # Rank 0 alone: DistributedDataParallel starts every rank from rank 0's parameters
+            # (a resumed run then loads its checkpoint over them).
+            init_items_from_profiles(self.model, spec, cfg)
         self.loss = MultiTaskLoss(cfg.model, sizes.n_categories, spec.category_sizes).to(self.device)
         log_pop = content.log_popularity if cfg.model.loss is LossKind.SAMPLED_SOFTMAX else None
         catalogue = (Catalogue(content.category.cpu(), torch.expm1(content.log_popularity.cpu()).round(),
