@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from xrec_spark.model.checkpoint import load_model
 from xrec_spark.model.towers import CrossCategoryModel
 from xrec_spark.train.spec import TrainSpec
-from xrec_spark.train.trainer import load_content
+from xrec_spark.train.pinned import load_content
 from xrec_spark.train.validation import group_ndcg, load_validation, slice_means
 
 

@@ -73,7 +73,8 @@ def in_memory(spec, cfg, steps_cap: int) -> tuple[float, int]:
     from xrec_spark.train.batching import to_tensors
     from xrec_spark.train.loader import COLUMNS, chunk_from_table, read_pinned
     from xrec_spark.train.ranks import cpu_threads_per_rank
-    from xrec_spark.train.trainer import _Objective, load_content
+    from xrec_spark.train.pinned import load_content
+    from xrec_spark.train.trainer import _Objective
 
     torch.set_num_threads(cpu_threads_per_rank(1))
     table = spec.inputs["silver.training_examples"]

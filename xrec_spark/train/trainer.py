@@ -19,9 +19,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from xrec_spark.config import InitFrom, JobConfig, LossKind, PhaseConfig
-from xrec_spark.model.autoencoder import AutoencoderSettings, profile_item_vectors
 from xrec_spark.model.checkpoint import save_model
-from xrec_spark.model.content import ItemContent
 from xrec_spark.model.losses import Catalogue, MultiTaskLoss
 from xrec_spark.model.towers import CrossCategoryModel, ModelSizes
 from xrec_spark.model.transfer import phase_categories, phase_param_groups
@@ -29,10 +27,11 @@ from xrec_spark.train import ranks
 from xrec_spark.train.checkpoints import (
     Position, RunPaths, RunRecord, load_state, pack, rng_state, save_state, set_rng_state, unpack)
 from xrec_spark.train.batching import batches, mix_seed, prefetched, steps_for, to_tensors
-from xrec_spark.train.loader import open_loader, read_pinned
+from xrec_spark.train.loader import open_loader
 from xrec_spark.train.optim import Amp, Optimizers, Schedulers, warmup_cosine
 from xrec_spark.train.progress import Progress, format_slices
-from xrec_spark.train.spec import ITEM_FEATURES, TRAINING_EXAMPLES, USER_HISTORY, TrainSpec
+from xrec_spark.train.pinned import init_items_from_profiles, load_content
+from xrec_spark.train.spec import TRAINING_EXAMPLES, TrainSpec
 from xrec_spark.train.validation import load_validation, validation_summary
 
 log = logging.getLogger(__name__)
@@ -51,34 +50,6 @@ class _Objective(nn.Module):
         u, v = self.model.encode(batch)
         total, _ = self.loss(u, v, batch, self.log_popularity, self.catalogue, self.model.item_vectors)
         return total
-
-
-def load_content(spec: TrainSpec, cfg: JobConfig) -> ItemContent:
-    """Item content from the pinned silver.item_features files (a dimension table)."""
-    table = spec.inputs[ITEM_FEATURES]
-    columns = ["item_idx", "category_idx", "text", "train_count", "image_vector", "text_vector"]
-    frame = read_pinned(table.files, table.path, columns).to_pandas()
-    return ItemContent.from_frame(frame, cfg.model, spec.sizes.n_items)
-
-
-def init_items_from_profiles(model: CrossCategoryModel, spec: TrainSpec, cfg: JobConfig) -> int:
-    """``model.init_from: autoencoder``: the id rows of the items that own one (train positives,
-    at least ``model.min_item_count``) start at the item vectors of a Mult-DAE fitted on the
-    users' profiles in the pinned silver.user_history (end of train: no look-ahead). Returns
-    how many rows it set."""
-    if USER_HISTORY not in spec.inputs or not spec.inputs[USER_HISTORY].files:
-        raise ValueError("model.init_from=autoencoder needs silver.user_history; run `xrec features` first")
-    hist = spec.inputs[USER_HISTORY]
-    histories = read_pinned(hist.files, hist.path, ["history"]).column("history").to_pylist()
-    profiles = [p for p in (np.asarray(h or [], dtype=np.int64) for h in histories) if (p > 0).any()]
-    tower = model.item_tower
-    ids = torch.arange(1, tower.ids.num_embeddings, device=tower.content_log_popularity.device)
-    owned = ids[(tower.has_id_row(ids) > 0) & (tower.content_log_popularity[ids] > 0)]
-    settings = AutoencoderSettings(seed=cfg.model.seed)
-    vectors = profile_item_vectors(profiles, owned.cpu().numpy(), cfg.model.embedding_dim, settings)
-    model.init_item_rows(owned, vectors)
-    log.info("init_from=autoencoder: %d item rows from a Mult-DAE over %d profiles", len(owned), len(profiles))
-    return len(owned)
 
 
 @dataclass(frozen=True)
