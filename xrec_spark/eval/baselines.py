@@ -27,6 +27,7 @@ import tempfile
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from pyspark.ml.recommendation import ALS
 from pyspark.sql import DataFrame
@@ -139,6 +140,16 @@ def _valid_setup(interactions: DataFrame) -> tuple[DataFrame, DataFrame, DataFra
     return groups, groups.select(C.USER, C.CATEGORY), seen_before(interactions, C.VALID)
 
 
+def _driver_valid_setup(interactions: DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, set[int]]]:
+    """:func:`_valid_setup` collected to the driver for the baselines tuned there (EASE, dae):
+    (valid groups with their relevant items, their (user, category) pairs, seen items by user).
+    Scored with the numpy reference NDCG (the Spark metrics are tested equal to it): no Spark job
+    per point tried."""
+    groups, pairs, seen = _valid_setup(interactions)
+    local_groups = groups.select(C.USER, C.CATEGORY, C.RELEVANT).toPandas()
+    return local_groups, local_groups[[C.USER, C.CATEGORY]].drop_duplicates(), E.seen_by_user(seen, pairs)
+
+
 def als_stages(cfg: EvalConfig, best: AlsParams | None = None) -> list[AlsParams]:
     """Stage 1 (``best`` None): reg x alpha at ``als_base_rank``; stage 2: every rank at ``best``'s
     reg and alpha."""
@@ -202,12 +213,7 @@ def tune_ease(interactions: DataFrame, item_features: DataFrame, cfg: EvalConfig
     data = E.collect_ease_data(train_positives(interactions), item_features, cfg.ease_items)
     log.info("EASE: %d items, %d users with positives among them, Gram matrix in %.1f s",
              len(data.items), len(data.user_rows), clock())
-    groups, pairs, seen = _valid_setup(interactions)
-    # Valid groups are collected once and scored with the numpy reference NDCG (the Spark
-    # metrics are tested equal to it): no Spark job per lambda.
-    local_groups = groups.select(C.USER, C.CATEGORY, C.RELEVANT).toPandas()
-    local_pairs = local_groups[[C.USER, C.CATEGORY]].drop_duplicates()
-    seen_users = E.seen_by_user(seen, pairs)
+    local_groups, local_pairs, seen_users = _driver_valid_setup(interactions)
     grid: list[tuple[float, float, int]] = []
     best, best_lam, best_score = None, None, float("-inf")
     for lam in cfg.ease_lambdas:
@@ -259,10 +265,7 @@ def tune_dae(interactions: DataFrame, item_features: DataFrame, cfg: EvalConfig)
     every ``cfg.dae_eval_every`` epochs; keep the best (hidden, epoch)."""
     clock = E.Stopwatch()
     data = E.collect_ease_data(train_positives(interactions), item_features, cfg.dae_items, with_gram=False)
-    groups, pairs, seen = _valid_setup(interactions)
-    local_groups = groups.select(C.USER, C.CATEGORY, C.RELEVANT).toPandas()
-    local_pairs = local_groups[[C.USER, C.CATEGORY]].drop_duplicates()
-    seen_users = E.seen_by_user(seen, pairs)
+    local_groups, local_pairs, seen_users = _driver_valid_setup(interactions)
     rows = list(data.user_rows.values())
     grid: list[tuple[int, int, float, int]] = []
     best: tuple[float, MultDAE, AutoencoderSettings, int] | None = None
