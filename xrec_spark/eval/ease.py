@@ -37,6 +37,7 @@ from xrec_spark.config import Baseline
 from xrec_spark.eval import columns as C
 from xrec_spark.eval.metrics import system_rankings
 from xrec_spark.eval.reference_metrics import ndcg_at_k
+from xrec_spark.model.autoencoder import dense_rows
 from xrec_spark.ranking.dense import top_k
 from xrec_spark.ranking.spark import RANKED_SCHEMA
 
@@ -94,10 +95,9 @@ def top_items(catalogue: pd.DataFrame, n: int) -> np.ndarray:
 
 
 def _dense_rows(rows: list[np.ndarray], n_items: int) -> np.ndarray:
-    x = np.zeros((len(rows), n_items), dtype=np.float32)
-    for r, cols in enumerate(rows):
-        x[r, cols] = 1.0
-    return x
+    """X's rows for a block of users, float32 ``[len(rows), n_items]`` (the autoencoder's own
+    multi-hot builder, as numpy)."""
+    return dense_rows(rows, n_items).numpy()
 
 
 def gram_matrix(user_rows: dict[int, np.ndarray], n_items: int) -> np.ndarray:
