@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from xrec_spark.config import build_config
+from xrec_spark.config import WeightAverageConfig, build_config
+from xrec_spark.train.averaging import WeightAverage
 from xrec_spark.train.checkpoints import RunPaths, atomic_write, load_state, save_state
 from xrec_spark.train.ddp import RecordedFailure
 from xrec_spark.train.launch import failure_message, rank_errors, run_id_for
@@ -100,6 +101,62 @@ def test_warmup_cosine_schedule():
     assert f(10) == pytest.approx(1.0)
     assert f(105) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 95 / 190)))
     assert f(200) == pytest.approx(0.1)
+
+
+def _averaged_pair(**cfg) -> tuple[nn.Module, WeightAverage]:
+    # One weight [2] and a sparse-gradient embedding table [3, 1], both set by hand.
+    model = nn.ModuleDict({"lin": nn.Linear(2, 1, bias=False), "emb": nn.Embedding(3, 1, sparse=True)})
+    return model, WeightAverage(model, WeightAverageConfig(**cfg))
+
+
+def _set(model: nn.Module, w: float) -> None:
+    with torch.no_grad():
+        model["lin"].weight.fill_(w)
+        model["emb"].weight.fill_(w)
+
+
+def test_ema_folds_in_each_step_with_the_per_step_decay_and_leaves_the_raw_weights():
+    model, avg = _averaged_pair(kind="ema", ema_decay=0.5)
+    assert avg.scored() is model                     # no update yet: the raw model is scored
+    for step, w in enumerate([4.0, 8.0, 0.0], start=1):
+        _set(model, w)
+        avg.after_step(step, epoch=1)
+        avg.after_epoch(1)                           # SWA's hook: no effect on an EMA
+    # 4 (copy) -> 0.5*4 + 0.5*8 = 6 -> 0.5*6 + 0.5*0 = 3
+    assert avg.updates == 3
+    for name in ("lin", "emb"):
+        assert torch.allclose(avg.scored()[name].weight, torch.full_like(model[name].weight, 3.0))
+        assert torch.equal(model[name].weight, torch.zeros_like(model[name].weight))
+
+
+def test_ema_every_k_steps_uses_decay_to_the_k_and_waits_for_start_epoch():
+    model, avg = _averaged_pair(kind="ema", ema_decay=0.5, every_steps=2, start_epoch=2)
+    for step, (epoch, w) in enumerate([(1, 9.0), (1, 9.0), (2, 4.0), (2, 4.0), (2, 8.0), (2, 8.0)], start=1):
+        _set(model, w)
+        avg.after_step(step, epoch)
+    # Epoch 1 is skipped; updates at steps 4 (copy: 4) and 6 (0.25*4 + 0.75*8 = 7).
+    assert avg.updates == 2
+    assert torch.allclose(avg.scored()["lin"].weight, torch.full((1, 2), 7.0))
+
+
+def test_swa_is_the_mean_of_the_epoch_ends_from_start_epoch_and_round_trips():
+    model, avg = _averaged_pair(kind="swa", start_epoch=2)
+    for epoch, w in enumerate([100.0, 1.0, 2.0, 6.0], start=1):
+        _set(model, w)
+        avg.after_step(epoch, epoch)                 # EMA's hook: no effect on SWA
+        avg.after_epoch(epoch)
+    assert avg.updates == 3
+    assert torch.allclose(avg.scored()["emb"].weight, torch.full((3, 1), 3.0))   # (1 + 2 + 6) / 3
+    _, other = _averaged_pair(kind="swa", start_epoch=2)
+    other.load_state_dict(avg.state_dict())
+    assert other.updates == 3 and torch.allclose(other.scored()["emb"].weight, torch.full((3, 1), 3.0))
+
+
+def test_weight_average_needs_a_kind_and_a_decay_below_one():
+    with pytest.raises(ValueError, match="ema or swa"):
+        _averaged_pair()
+    with pytest.raises(ValueError, match="ema_decay"):
+        build_config({"train": {"weight_average": {"kind": "ema", "ema_decay": 1.0}}})
 
 
 def _validation_frames():

@@ -31,6 +31,7 @@ from xrec_spark.config.model import (
 from xrec_spark.config.storage import DeltaConfig, DeltaJars, LakehouseConfig, SparkConfig
 from xrec_spark.config.train import (
     DistBackend, LoaderKind, PhaseConfig, PrunerConfig, PrunerKind, TrainConfig, TransferPhase, TrialConfig,
+    WeightAverageConfig, WeightAverageKind,
 )
 
 __all__ = [
@@ -41,5 +42,5 @@ __all__ = [
     "ModelConfig", "NegativeStrategy", "NegativesConfig", "PhaseConfig", "PrunerConfig", "PrunerKind", "SearchKind",
     "SparkConfig", "SplitConfig", "SyntheticConfig", "TaskWeighting", "TimestampUnit", "TrainConfig",
     "TransferPhase", "TrialConfig", "build_config", "load_config", "merge_sections", "read_yaml_file",
-    "with_renamed_keys",
+    "WeightAverageConfig", "WeightAverageKind", "with_renamed_keys",
 ]

@@ -75,6 +75,34 @@ class DistBackend(StrEnum):
     NCCL = "nccl"
 
 
+class WeightAverageKind(StrEnum):
+    """Which average of the weights is validated and saved (``train.weight_average.kind``)."""
+
+    NONE = "none"
+    EMA = "ema"
+    SWA = "swa"
+
+
+class WeightAverageConfig(_Section):
+    """An average of the weights over training, validated and saved instead of the last weights
+    (training itself continues from the raw weights).
+
+    ``ema``: an exponential moving average updated every ``every_steps`` optimizer steps, each
+    update with ``ema_decay ** every_steps`` so that ``ema_decay`` is a per-step decay whatever
+    ``every_steps`` is (horizon about ``1 / (1 - ema_decay)`` steps). ``swa``: the equal-weight
+    mean of the weights at the end of every epoch from ``start_epoch`` on (Izmailov et al.
+    2018). Both start at ``start_epoch`` (1-based, counted over all phases); before it the raw
+    weights are validated. ``validate_raw`` also validates the raw weights each epoch and logs
+    both (one extra scoring pass), for a paired comparison on the same training run.
+    """
+
+    kind: WeightAverageKind = WeightAverageKind.NONE
+    ema_decay: float = Field(0.998, gt=0, lt=1)
+    every_steps: int = Field(1, ge=1)
+    start_epoch: int = Field(1, ge=1)
+    validate_raw: bool = False
+
+
 class TrainConfig(_Section):
     num_processes: int = Field(2, ge=1)
     local_mode: bool = True
@@ -96,6 +124,8 @@ class TrainConfig(_Section):
     grad_clip: float = Field(5.0, gt=0)
     # Decoupled weight decay (AdamW) on every trained parameter but the item bias.
     weight_decay: float = Field(0.0, ge=0)
+    # Validate and save an average of the weights (EMA or SWA) instead of the last weights.
+    weight_average: WeightAverageConfig = WeightAverageConfig()
     checkpoint_dir: str | None = None
     checkpoint_every_steps: int = Field(200, ge=1)
     patience: int = Field(2, ge=0)

@@ -21,7 +21,7 @@ from py4j.protocol import Py4JError
 from pyspark.errors import PySparkException
 from pyspark.sql import functions as F
 
-from xrec_spark.config import JobConfig, TaskWeighting
+from xrec_spark.config import JobConfig, TaskWeighting, WeightAverageKind
 from xrec_spark.lineage import JobRun, digest
 from xrec_spark.tables import (
     CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, ITEM_FEATURES, ITEM_INDEX, RUNS, TRAINING_EXAMPLES,
@@ -56,6 +56,8 @@ def run_id_for(cfg: JobConfig, input_versions: dict[str, int]) -> str:
     sections, minus output locations) and the pinned input versions. The same config on the
     same table versions is the same run, which is what makes automatic resume safe."""
     train = {k: v for k, v in cfg.train.model_dump(mode="json").items() if k not in _NOT_IN_RUN_ID}
+    if cfg.train.weight_average.kind is WeightAverageKind.NONE:   # ids of runs without one stay what they were
+        del train["weight_average"]
     body = {"features": cfg.features.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
             "train": train, "inputs": dict(sorted(input_versions.items()))}
     if MODEL_LOGIC_VERSION > 1:   # so ids of runs made before versioning stay what they were

@@ -18,12 +18,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from xrec_spark.config import InitFrom, JobConfig, LossKind, PhaseConfig
+from xrec_spark.config import InitFrom, JobConfig, LossKind, PhaseConfig, WeightAverageKind
 from xrec_spark.model.checkpoint import save_model
 from xrec_spark.model.losses import Catalogue, MultiTaskLoss
 from xrec_spark.model.towers import CrossCategoryModel, ModelSizes
 from xrec_spark.model.transfer import phase_categories, phase_param_groups
 from xrec_spark.train import ranks
+from xrec_spark.train.averaging import WeightAverage
 from xrec_spark.train.checkpoints import (
     Position, RunPaths, RunRecord, load_state, pack, rng_state, save_state, set_rng_state, unpack)
 from xrec_spark.train.batching import batches, mix_seed, prefetched, steps_for, to_tensors
@@ -85,6 +86,9 @@ class Trainer:
         self.amp = Amp(self.device)
         self.progress = Progress(info.is_zero)
         self.validation = load_validation(spec, cfg) if info.is_zero else None
+        # Rank 0 alone validates and saves, so it alone keeps the weight average (averaging.py).
+        self.average = (WeightAverage(self.model, self.tc.weight_average) if info.is_zero
+                        and self.tc.weight_average.kind is not WeightAverageKind.NONE else None)
         self.metric_name = f"ndcg@{self.tc.eval_k}"
         self._wait = 0.0
         self.phase_base = np.cumsum([0] + [p.epochs for p in self.tc.phases]).tolist()
@@ -118,6 +122,7 @@ class Trainer:
         def write() -> None:
             state = {**pack(pos, prog), "run_id": self.spec.run_id, "world_size": self.info.world_size,
                      "model": self.model.state_dict(), "loss": self.loss.state_dict(), "ranks": per_rank,
+                     "average": None if self.average is None else self.average.state_dict(),
                      "optimizer": optimizer.state_dict() if optimizer is not None else None,
                      "scheduler": scheduler.state_dict() if scheduler is not None else None,
                      "scaler": self.amp.scaler.state_dict()}
@@ -138,6 +143,8 @@ class Trainer:
         pos, prog = unpack(state)
         self.model.load_state_dict(state["model"])
         self.loss.load_state_dict(state["loss"])
+        if self.average is not None and state.get("average") is not None:
+            self.average.load_state_dict(state["average"])
         if state.get("world_size") == self.info.world_size:
             mine = state["ranks"][self.info.rank]
             self._set_rng(mine["rng"])
@@ -169,7 +176,7 @@ class Trainer:
         if not prog.finished:
             prog.finished = True
             if prog.best_metric is None:   # nothing validated: the last model is the result
-                ranks.on_rank_zero(self.info, lambda: save_model(self.paths.model, self.model, self._meta(None)))
+                ranks.on_rank_zero(self.info, lambda: save_model(self.paths.model, self._scored(), self._meta(None)))
             self._checkpoint(pos, prog)
         return ranks.broadcast_from_zero(self.info, self._summary(prog, pos))
 
@@ -267,6 +274,8 @@ class Trainer:
                     pos.rows += n
                     pos.global_step += 1
                     step += 1
+                    if self.average is not None:
+                        self.average.after_step(pos.global_step, self.phase_base[pos.phase] + epoch + 1)
                     self.progress.step(step - 1, loss, n * self.info.world_size)
                     if pos.global_step % self.tc.checkpoint_every_steps == 0 and step < steps:
                         pos.step = step
@@ -319,15 +328,18 @@ class Trainer:
                   "metric_name": self.metric_name}
 
         def validate() -> tuple[dict, bool, dict]:
-            metric, groups, by_slice = self._valid()
+            if self.average is not None:
+                self.average.after_epoch(self.phase_base[pos.phase] + epoch + 1)
+            metric, groups, by_slice = self._valid(self._scored())
             record.update(valid_metric=None if groups == 0 else metric, valid_groups=groups,
-                          valid_by_slice=by_slice)
+                          valid_by_slice=by_slice, averaged=self._scored() is not self.model)
+            self._valid_raw(record)
             stop = False
             if groups:
                 if prog.best_metric is None or metric > prog.best_metric:
                     prog.best_metric, prog.bad_epochs = metric, 0
                     prog.best_at = {"phase": phase.name, "epoch": epoch + 1, "global_step": pos.global_step}
-                    save_model(self.paths.model, self.model, self._meta(metric))
+                    save_model(self.paths.model, self._scored(), self._meta(metric))
                 else:
                     prog.bad_epochs += 1
                     stop = prog.bad_epochs > self.tc.patience
@@ -344,11 +356,24 @@ class Trainer:
         prog.history.append(record)
         return record, stop
 
-    def _valid(self) -> tuple[float, int, dict[str, float]]:
-        """Valid NDCG@k over all groups, the groups counted, and its mean per user slice."""
+    def _valid(self, model: nn.Module | None = None) -> tuple[float, int, dict[str, float]]:
+        """Valid NDCG@k of ``model`` (None: the raw weights), the groups counted, its mean per slice."""
         if self.validation is None:
             return float("nan"), 0, {}
-        return validation_summary(self.model, self.validation, self.tc.eval_k, self.device)
+        return validation_summary(self.model if model is None else model, self.validation, self.tc.eval_k, self.device)
+
+    def _scored(self) -> nn.Module:
+        """What is validated and saved: the weight average once it holds an update, else the model."""
+        return self.model if self.average is None else self.average.scored()
+
+    def _valid_raw(self, record: dict[str, Any]) -> None:
+        """``train.weight_average.validate_raw``: the raw weights' metric next to the average's."""
+        if not (self.tc.weight_average.validate_raw and record.get("averaged")):
+            return
+        metric, _, by_slice = self._valid()
+        record.update(valid_metric_raw=metric, valid_by_slice_raw=by_slice)
+        log.info("epoch %d raw weights: valid %s %.4f, %s", record["epoch"], self.metric_name, metric,
+                 format_slices(by_slice))
 
     def _meta(self, metric: float | None) -> dict[str, Any]:
         return {"model_version": self.spec.model_version, "run_id": self.spec.run_id,
