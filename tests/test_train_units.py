@@ -60,6 +60,13 @@ def test_run_id_ignores_output_locations_but_not_inputs_or_training_config():
     assert run_id_for(base, versions) != run_id_for(base, {"silver.training_examples": 4})
 
 
+def test_run_id_counts_a_weight_average_only_when_one_is_on():
+    versions = {"silver.training_examples": 3}
+    base = run_id_for(build_config({}), versions)
+    assert run_id_for(build_config({"train": {"weight_average": {"ema_decay": 0.9}}}), versions) == base
+    assert run_id_for(build_config({"train": {"weight_average": {"kind": "ema"}}}), versions) != base
+
+
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "state.pt"
     save_state(target, {"step": 1})
