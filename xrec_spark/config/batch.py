@@ -24,7 +24,18 @@ class InferenceDevice(StrEnum):
     CUDA = "cuda"
 
 
+class ServedModel(StrEnum):
+    """Which model of a training run the export and candidates use when no version is named:
+    the trained model (``teacher``) or its distilled student (``model.distill``)."""
+
+    TEACHER = "teacher"
+    STUDENT = "student"
+
+
 class BatchConfig(_Section):
+    # The run's model the export and candidates serve by default (an explicit
+    # --model-version wins).
+    model: ServedModel = ServedModel.TEACHER
     top_k: int = Field(100, ge=1)
     exclude_seen: bool = True
     user_top_categories: int = Field(3, ge=0)

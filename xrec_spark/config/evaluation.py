@@ -30,9 +30,11 @@ class Baseline(StrEnum):
     DAE = "dae"
     NO_SHARING = "no_sharing"
     SHARED_NO_TRANSFER = "shared_no_transfer"
+    # The model's distilled student (model.distill): how much of the teacher it keeps.
+    STUDENT = "student"
 
 
-TRAINED_BASELINES: tuple[Baseline, ...] = (Baseline.NO_SHARING, Baseline.SHARED_NO_TRANSFER)
+TRAINED_BASELINES: tuple[Baseline, ...] = (Baseline.NO_SHARING, Baseline.SHARED_NO_TRANSFER, Baseline.STUDENT)
 _SAFE_ID = re.compile(names.SAFE_ID_PATTERN)
 
 

@@ -45,6 +45,10 @@ class RunPaths:
         return self.root / "model.pt"
 
     @property
+    def student(self) -> Path:
+        return self.root / "student.pt"
+
+    @property
     def spec(self) -> Path:
         return self.root / "spec.json"
 

@@ -166,7 +166,7 @@ def prepare_run_dir(spec: TrainSpec) -> RunPaths:
     paths.root.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(paths.errors, ignore_errors=True)
     if spec.resume == "never":
-        for stale in (paths.state, paths.model, paths.result):
+        for stale in (paths.state, paths.model, paths.student, paths.result):
             stale.unlink(missing_ok=True)
     spec.write(paths.spec)
     return paths
@@ -249,6 +249,13 @@ class TrainingReport:
             f"mlflow run: {self.mlflow_run_id} in {self.tracking_uri} (experiment xrec-train)",
             f"runs row:   {RUNS.qualified} run_id={r.run_id} at {self.runs_table} (version {self.runs_version})",
         ]
+        if r.student is not None:
+            sm = r.student["metrics"]
+            valid = next((f", {k} {v:.4f}" for k, v in sm.items() if k.startswith("valid_")), "")
+            lines.append(f"student:    {r.student['model_version']} ({int(sm.get('parameters', 0)):,} parameters vs "
+                         f"{int(sm.get('teacher_parameters', 0)):,}), {int(sm.get('epochs', 0))} passes, "
+                         f"{sm.get('samples_per_s', 0.0):,.0f} samples/s{valid}; serve it with "
+                         "--set batch.model=student")
         return "\n".join(lines)
 
 
@@ -287,8 +294,10 @@ def run_training(cfg: JobConfig, lake: Lakehouse, resume: ResumeMode = "auto",
         tracking.log_mlflow_failure(uri, spec, str(e))
         raise
     mlflow_id = tracking.log_mlflow(uri, spec, result)
-    finished = datetime.now(timezone.utc)
     extra = {"mlflow_run_id": mlflow_id, "tracking_uri": uri}
+    if result.student is not None:
+        extra["student_mlflow_run_id"] = tracking.log_mlflow_student(uri, spec, result, mlflow_id)
+    finished = datetime.now(timezone.utc)
     runs_version = tracking.write_runs_row(lake, spec, result, cfg.fingerprint(), started, finished, extra)
     summary = {"model_version": spec.model_version, "model_path": result.model_path, **extra,
                "metrics": result.metrics}

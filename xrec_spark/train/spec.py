@@ -55,6 +55,10 @@ class Sizes:
     n_categories: int
 
 
+# A distilled student's model_version and run_id are its teacher's with this suffix.
+STUDENT_SUFFIX = "-student"
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     """Everything a rank needs; JSON round-trips (``to_json`` / ``from_json``)."""
@@ -87,6 +91,16 @@ class TrainSpec:
 
     def input_versions(self) -> dict[str, int]:
         return {name: t.version for name, t in self.inputs.items()}
+
+    @property
+    def student_version(self) -> str:
+        """model_version of the run's distilled student (``model.distill``)."""
+        return f"{self.model_version}{STUDENT_SUFFIX}"
+
+    @property
+    def student_run_id(self) -> str:
+        """gold.runs run_id of the run's distilled student."""
+        return f"{self.run_id}{STUDENT_SUFFIX}"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
