@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SYSTEMS = ("popularity_global", "popularity_category", "als", "ease", "dae", "no_sharing", "shared_no_transfer",
-           "student", "model")
+           "autoencoder_init", "student", "model")
 DATASET_OF_CONFIG = {"local": "ciao"}       # conf/<stem>.yaml -> data set name of the results file
 RESULTS = REPO / "bench" / "results"
 SLICES = ("warm", "cross_category", "cold_user", "cold_item", "all")

@@ -3,7 +3,8 @@ baselines, evaluated on test with every baseline (``bench/quality.py`` renders t
 
     ingest -> features -> train the model (the config's transfer phases) and its distilled student
            -> train no_sharing (model.share_across_categories=false) and shared_no_transfer
-              (model.history_encoder=none), each as ONE joint phase with the model's total epochs
+              (model.history_encoder=none), each as ONE joint phase with the model's total epochs,
+              and the variant autoencoder_init (the model's config, model.init_from=autoencoder)
            -> evaluate on test (popularity, ALS, EASE and the DAE tuned on valid with the library's
               full search, the trained baselines, the student, the model) -> report
 
@@ -31,6 +32,8 @@ TRAINED_BASELINES: dict[str, list[str]] = {
     # Without a history a user is their id row, whatever the model's own config says of ids.
     Baseline.SHARED_NO_TRANSFER.value: ["model.history_encoder=none", "model.user_ids=true"],
 }
+# Variants of the model: its own config plus these overrides (no single phase).
+VARIANTS: dict[str, list[str]] = {Baseline.AUTOENCODER_INIT.value: ["model.init_from=autoencoder"]}
 # The model trains with its distilled student, evaluated beside it as this system.
 DISTILLED = Baseline.STUDENT.value
 # Every other baseline: fitted by the evaluation itself.
@@ -110,6 +113,7 @@ class QualityRun:
         trained: list[tuple[str, list[str]]] = [("model", ["model.distill=true"])] if "train" in steps else []
         if "baselines" in steps:
             trained += [(name, [*extra, single_phase(cfg)]) for name, extra in TRAINED_BASELINES.items()]
+            trained += list(VARIANTS.items())
         # Every trained system's config is built before the first trains: a baseline whose
         # overrides clash with the model's config fails now, not after the model's training.
         configs = [(system, extra, self.config_with(*extra)) for system, extra in trained]
@@ -133,7 +137,7 @@ class QualityRun:
         missing = [s for s in ("model", *TRAINED_BASELINES) if s not in versions]
         if missing:
             raise ValueError(f"no trained version of {missing} in {self.versions_file}: run the train/baselines steps")
-        trained = {k: versions[k] for k in (*TRAINED_BASELINES, DISTILLED) if k in versions}
+        trained = {k: versions[k] for k in (*TRAINED_BASELINES, *VARIANTS, DISTILLED) if k in versions}
         return self.config_with(
             "eval.split=test", "eval.include_model=true", f"eval.model_version={versions['model']}",
             f"eval.baselines={json.dumps([*EVAL_BASELINES, *trained])}",
