@@ -71,6 +71,6 @@ class BatchConfig(_Section):
     few_shot: bool = True
     few_shot_max_events: int = Field(1000, ge=0)
     few_shot_neighbours: int = Field(3, ge=1)
-    few_shot_steps: int = Field(200, ge=0)
+    few_shot_steps: int = Field(50, ge=0)
     few_shot_batch_size: int = Field(256, ge=1)
     few_shot_lr: float = Field(0.01, gt=0)

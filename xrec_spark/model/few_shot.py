@@ -38,7 +38,7 @@ class FewShotSettings:
     (cycling over the examples, reshuffled each pass with ``seed``) at Adam learning rate
     ``lr``, gradients clipped to norm ``grad_clip``."""
 
-    steps: int = 200
+    steps: int = 50
     lr: float = 0.01
     batch_size: int = 256
     seed: int = 0
