@@ -49,7 +49,7 @@ def test_the_training_job_distils_a_student_with_its_own_run_under_the_teacher(d
     lake, cfg, report = distilled
     result, spec = report.result, report.spec
     student = result.student
-    assert student is not None and student["model_version"] == f"{result.model_version}-student"
+    assert student is not None and student["model_version"] == f"{result.model_version}-{spec.student_tag}"
     assert [h["epoch"] for h in student["history"]] == [1, 2]
     assert student["metrics"]["parameters"] < student["metrics"]["teacher_parameters"]
     assert student["metrics"]["valid_ndcg@10"] > 0
@@ -102,3 +102,18 @@ def test_asking_for_a_student_that_was_never_distilled_names_the_switch(spark, t
     assert model_run(lake).model_version == "m-1"
     with pytest.raises(NoModelError, match="model.distill=true"):
         model_run(lake, role="student")
+
+
+def test_other_distillation_settings_reuse_the_trained_teacher(distilled):
+    lake, cfg, report = distilled
+    teacher_row = lake.read(RUNS).where(f"run_id = '{report.spec.run_id}'").first()
+    again = cfg.model_copy(update={"model": cfg.model.model_copy(update={"distill_epochs": 1})})
+    second = run_training(again, lake)
+    assert second.spec.run_id == report.spec.run_id                 # the same teacher run ...
+    assert second.result.history == report.result.history           # ... not trained again
+    assert second.result.student["model_version"] != report.result.student["model_version"]
+    assert [h["epoch"] for h in second.result.student["history"]] == [1]
+    rows = {r["run_id"]: r for r in lake.read(RUNS).collect()}
+    assert rows[report.spec.run_id]["finished_at"] == teacher_row["finished_at"]   # the teacher's row is kept
+    assert {report.spec.student_run_id, second.spec.student_run_id} <= set(rows)
+    assert run_training(again, lake).reused                          # and now nothing is left to do

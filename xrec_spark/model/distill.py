@@ -36,6 +36,9 @@ def make_student(teacher: CrossCategoryModel, content: ItemContent | None = None
         "history_encoder": (HistoryEncoderKind.NONE if cfg.history_encoder is HistoryEncoderKind.NONE
                             else HistoryEncoderKind.MEAN),
         "history_item_rows": False, "init_from": InitFrom.NONE,
+        # The teacher's soft scores are the regulariser; the student reads the same full
+        # history the teacher scored with.
+        "history_item_dropout": 0.0, "history_dropout": 0.0,
         "distill": False})  # hash_buckets stays: the content's token ids were hashed with it
     if content is None:
         tower = teacher.item_tower
@@ -48,7 +51,8 @@ def make_student(teacher: CrossCategoryModel, content: ItemContent | None = None
 
 
 def distillation_loss(student_u: Tensor, student_v: Tensor, teacher_u: Tensor, teacher_v: Tensor,
-                      category_idx: Tensor, temperature: float = 1.0, pool: "Pool | None" = None) -> Tensor:
+                      category_idx: Tensor, temperature: float = 1.0, pool: "Pool | None" = None,
+                      pointwise_weight: float = 1.0) -> Tensor:
     """MSE of the examples' scores plus KL(teacher || student) of each user's scores over the
     items of their example's category.
 
@@ -63,12 +67,16 @@ def distillation_loss(student_u: Tensor, student_v: Tensor, teacher_u: Tensor, t
         s_items = torch.cat([student_v, pool.student], dim=0)
         t_items = torch.cat([teacher_v, pool.teacher], dim=0)
         item_category = torch.cat([category_idx, pool.category], dim=0)
-    same = category_idx.unsqueeze(1) == item_category.unsqueeze(0)
-    s_logits = (student_u @ s_items.T / temperature).masked_fill(~same, -1e4)
-    t_logits = (teacher_u @ t_items.T / temperature).masked_fill(~same, -1e4)
-    listwise = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), log_target=True,
-                        reduction="batchmean")
-    return pointwise + listwise
+    listwise = student_u.new_zeros(())
+    # One block per category (users of k x items of k), not a masked [B, B + P] matrix: the
+    # work is the sum of the blocks, a fraction of the full matrix when the batch spans many.
+    for k in torch.unique(category_idx):
+        rows, cols = category_idx == k, item_category == k
+        s_logits = student_u[rows] @ s_items[cols].T / temperature
+        t_logits = teacher_u[rows] @ t_items[cols].T / temperature
+        listwise = listwise + F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), log_target=True,
+                                       reduction="sum")
+    return pointwise_weight * pointwise + listwise / category_idx.shape[0]
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,13 @@ examples, the teacher frozen: the teacher's item vectors are computed once (they
 its user vectors per batch. The listwise target covers each example's category through the
 batch's own items plus ``model.distill_pool`` items drawn per category of the batch, so the
 student learns the teacher's ranking of the catalogue, not only of the items users took. Rank 0
-validates the student after each pass and keeps its best as ``student.pt``; the driver then logs
-it as its own run with the teacher as parent.
+validates the student after each pass and keeps its best as ``<student_tag>.pt``; the driver then
+logs it as its own run with the teacher as parent.
 
 A student is short to fit and has no checkpoint of its own: a run resumed after the teacher
-finished fits it again from the start.
+finished fits it again from the start. Its settings are not part of the teacher's run id, so
+distilling a trained model (or trying other settings) reloads the finished teacher from its
+checkpoint instead of training it again.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from xrec_spark.config import JobConfig
+from xrec_spark.config import JobConfig, ModelConfig
 from xrec_spark.model.checkpoint import read_checkpoint, save_model
 from xrec_spark.model.distill import Pool, distillation_loss, make_student
 from xrec_spark.model.losses import uniform_subset
@@ -44,9 +46,9 @@ class StudentObjective(nn.Module):
     vectors -> the distillation loss (a scalar)."""
 
     def __init__(self, student: CrossCategoryModel, teacher_items: Tensor, item_category: Tensor,
-                 pool: int, temperature: float, seed: int) -> None:
+                 mc: ModelConfig, seed: int) -> None:
         super().__init__()
-        self.student, self.pool, self.temperature = student, pool, temperature
+        self.student, self.mc = student, mc
         # Plain attributes, not buffers: DDP must not broadcast them (identical on every rank).
         self.teacher_items = teacher_items
         self.item_category = item_category
@@ -55,25 +57,33 @@ class StudentObjective(nn.Module):
                             for k in torch.unique(item_category[real]).tolist()}
         self.generator = torch.Generator().manual_seed(seed)
 
-    def draw(self, category_idx: Tensor) -> Tensor:
-        """``pool`` distinct items of each category in ``category_idx`` (all of a smaller one)."""
-        if self.pool == 0:
-            return torch.zeros(0, dtype=torch.long)
+    @torch.no_grad()
+    def draw(self, category_idx: Tensor, teacher_u: Tensor) -> Tensor:
+        """Per category of the batch: ``distill_pool`` of its items uniformly, plus the teacher's
+        top ``distill_top`` of it for each of the batch's users there (distinct ids)."""
         picks = []
-        for k in torch.unique(category_idx.cpu()).tolist():
+        for k in torch.unique(category_idx).tolist():
             items = self.by_category.get(int(k))
-            if items is not None and items.numel():
-                picks.append(items[uniform_subset(items.numel(), self.pool, self.generator)])
-        return torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)
+            if items is None or items.numel() == 0:
+                continue
+            if self.mc.distill_pool:
+                picks.append(items[uniform_subset(items.numel(), self.mc.distill_pool, self.generator)])
+            if self.mc.distill_top:
+                on = items.to(teacher_u.device)
+                scores = teacher_u[category_idx == k] @ self.teacher_items[on].T
+                top = scores.topk(min(self.mc.distill_top, on.numel()), dim=1).indices
+                picks.append(on[torch.unique(top)].cpu())
+        return torch.unique(torch.cat(picks)) if picks else torch.zeros(0, dtype=torch.long)
 
     def forward(self, batch: dict[str, Tensor], teacher_u: Tensor) -> Tensor:
         s_u, s_v = self.student.encode(batch)
         t_v = self.teacher_items[batch["item_idx"]]
-        ids = self.draw(batch["category_idx"]).to(s_u.device)
+        ids = self.draw(batch["category_idx"], teacher_u).to(s_u.device)
         pool = None
         if ids.numel():
             pool = Pool(self.student.item_vectors(ids), self.teacher_items[ids], self.item_category.to(ids.device)[ids])
-        return distillation_loss(s_u, s_v, teacher_u, t_v, batch["category_idx"], self.temperature, pool)
+        return distillation_loss(s_u, s_v, teacher_u, t_v, batch["category_idx"], self.mc.temperature, pool,
+                                 self.mc.distill_pointwise)
 
 
 @torch.no_grad()
@@ -96,8 +106,8 @@ def fit_student(spec: TrainSpec, cfg: JobConfig, info: ranks.RankInfo, paths: Ru
     teacher.eval()
     student = make_student(teacher)
     teacher_items = teacher_item_table(teacher)
-    objective = StudentObjective(student, teacher_items, teacher.item_tower.content_category.cpu(),
-                                 mc.distill_pool, mc.temperature, mix_seed(tc.seed, 11, info.rank))
+    objective = StudentObjective(student, teacher_items, teacher.item_tower.content_category.cpu(), mc,
+                                 mix_seed(tc.seed, 11, info.rank))
     net: nn.Module = objective
     if info.distributed:
         net = DistributedDataParallel(objective, device_ids=[info.device] if info.device.type == "cuda" else None,
@@ -120,7 +130,7 @@ def fit_student(spec: TrainSpec, cfg: JobConfig, info: ranks.RankInfo, paths: Ru
             record["epoch"] = epoch + 1
             history.append(ranks.broadcast_from_zero(
                 info, _validate(record, student, validation, cfg, spec, paths, best) if info.is_zero else None))
-    summary = {"model_version": spec.student_version, "run_id": spec.student_run_id, "model_path": str(paths.student),
+    summary = {"model_version": spec.student_version, "run_id": spec.student_run_id, "model_path": str(paths.student(spec.student_tag)),
                "history": history, "metrics": _metrics(history, student, teacher, tc.eval_k)}
     return ranks.broadcast_from_zero(info, summary if info.is_zero else None)
 
@@ -164,7 +174,7 @@ def _validate(record: dict[str, Any], student: CrossCategoryModel, validation: V
     record.update(valid_metric=metric if groups else None, valid_by_slice=by_slice, metric_name=f"ndcg@{cfg.train.eval_k}")
     if not groups or best["metric"] is None or metric > best["metric"]:
         best.update(metric=metric if groups else None, epoch=record["epoch"])
-        save_model(paths.student, student, {
+        save_model(paths.student(spec.student_tag), student, {
             "model_version": spec.student_version, "run_id": spec.student_run_id, "parent_model_version": spec.model_version,
             "input_versions": spec.input_versions(), "valid_metric": best["metric"], "metric_name": record["metric_name"],
             "target_categories": list(spec.target_categories)})

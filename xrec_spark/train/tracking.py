@@ -156,9 +156,10 @@ def log_mlflow_failure(uri: str, spec: TrainSpec, message: str) -> str:
 
 
 def write_runs_row(lake: Lakehouse, spec: TrainSpec, result: TrainResult, config_hash: str,
-                   started: datetime, finished: datetime, extra: Mapping[str, Any]) -> int:
+                   started: datetime, finished: datetime, extra: Mapping[str, Any], teacher: bool = True) -> int:
     """MERGE the run's gold.runs rows (keyed on run_id, so a rerun updates them): the model's
-    and, with ``model.distill``, its student's (``role: student``, the teacher as
+    (unless ``teacher`` is false: it finished earlier and only a student was fitted now) and,
+    with ``model.distill``, its student's (``role: student``, the teacher as
     ``parent_model_version`` in params). Returns the table's new version."""
     params = {"run_dir": result.run_dir, "world_size": result.world_size, "best_at": result.best_at,
               "target_categories": list(spec.target_categories), "role": ServedModel.TEACHER.value, **extra}
@@ -175,6 +176,7 @@ def write_runs_row(lake: Lakehouse, spec: TrainSpec, result: TrainResult, config
         rows.append((spec.student_run_id, spec.student_version, config_hash, dict(spec.input_versions()),
                      {k: float(v) for k, v in result.student["metrics"].items()}, result.student["model_path"],
                      started, finished, json.dumps(student, sort_keys=True)))
+    rows = rows if teacher else rows[1:]
     lake.merge(RUNS, lake.spark.createDataFrame(rows, RUNS.schema), update=True, job="train")
     version = lake.version(RUNS)
     return -1 if version is None else version
