@@ -83,6 +83,20 @@ def als_seconds(spark, n_users: int, n_items: int, rank: int, k: int, seed: int,
     return timed_noop(model.recommendForAllUsers(k))
 
 
+def student_search_seconds(spark, args: argparse.Namespace, rng: np.random.Generator, cores: int) -> float:
+    """Wall time of the exact search with the same users and items at ``--student-dim`` dims."""
+    centres = rng.standard_normal((args.clusters, args.student_dim)).astype(np.float32)
+    users = frame(spark, np.arange(1, args.users + 1), clustered(args.users, args.student_dim, centres, args.spread,
+                                                                  rng), "user_idx", 2 * cores).cache()
+    items = frame(spark, np.arange(1, args.items + 1), clustered(args.items, args.student_dim, centres, args.spread,
+                                                                  rng), "item_idx", cores).cache()
+    users.count(), items.count()
+    try:
+        return timed_noop(rank_by_vectors(users, items, args.k, block_size=args.block_size))
+    finally:
+        users.unpersist(), items.unpersist()
+
+
 def main(argv: list[str] | None = None) -> int:
     defaults = BatchConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -101,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-als", action="store_true")
     p.add_argument("--skip-faiss", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--student-dim", type=int, default=0,
+                   help="also time the exact search at this width (a distilled student's, model.student_dim "
+                        "+ 1 with item biases) and print its speed-up over --dim")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
 
@@ -136,12 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     out["engine_scores_per_s"] = pairs / secs
     out["engine_vs_numpy"] = pairs / secs / ceiling
 
+    if args.student_dim:
+        student = student_search_seconds(spark, args, rng, cores)
+        out["student_dim"], out["student_seconds"], out["student_speedup"] = args.student_dim, student, secs / student
+
     if not args.skip_faiss:
         approx = rank_by_vectors(users_df, items_df, args.k, search="faiss", block_size=args.block_size,
                                  faiss_nlist=args.nlist, faiss_nprobe=args.nprobe)
         out["faiss_seconds"] = timed_noop(approx)
         # recall on a 5% sample of users (the join of 100k x 100 rows twice is the slow part)
-        sample = users_df.where(f"user_idx % 20 = 0").cache()
+        sample = users_df.where("user_idx % 20 = 0").cache()
         out["faiss_recall"] = search_recall(
             rank_by_vectors(sample, items_df, args.k, search="faiss", faiss_nlist=args.nlist,
                             faiss_nprobe=args.nprobe),
@@ -166,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     if "als_seconds" in out:
         print(f"  Spark ALS recommendForAllUsers {out['als_scores_per_s'] / 1e6:10.1f} M scores/s   "
               f"{out['als_seconds']:7.1f} s   engine is {out['engine_vs_als']:.1f} x faster")
+    if "student_seconds" in out:
+        print(f"  engine (exact) at {args.student_dim} dims (student)                "
+              f"{out['student_seconds']:7.1f} s   {out['student_speedup']:.1f} x faster than {args.dim} dims")
     if "faiss_seconds" in out:
         print(f"  engine (faiss IVF nlist={args.nlist} nprobe={args.nprobe})           "
               f"{out['faiss_seconds']:7.1f} s   recall@{args.k} vs exact {out['faiss_recall']:.3f}")

@@ -7,7 +7,8 @@ per slice, as the markdown of BENCHMARKS.md's Quality section.
 One process, one SparkSession, a lakehouse of its own (``--root``, default
 ``lakehouse/bench-<config stem>``, git-ignored):
 
-    ingest -> features -> train the model (the config's transfer phases)
+    ingest -> features -> train the model (the config's transfer phases) and its distilled
+              student (model.distill=true: the student is a system of its own)
            -> train the baselines no_sharing (model.share_across_categories=false) and
               shared_no_transfer (model.history_encoder=none), each as ONE joint phase with
               the model's total epochs
@@ -44,7 +45,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SYSTEMS = ("popularity_global", "popularity_category", "als", "ease", "dae", "no_sharing", "shared_no_transfer", "model")
+SYSTEMS = ("popularity_global", "popularity_category", "als", "ease", "dae", "no_sharing", "shared_no_transfer",
+           "autoencoder_init", "student", "model")
 DATASET_OF_CONFIG = {"local": "ciao"}       # conf/<stem>.yaml -> data set name of the results file
 RESULTS = REPO / "bench" / "results"
 SLICES = ("warm", "cross_category", "cold_user", "cold_item", "all")

@@ -14,7 +14,10 @@ night) a new category with new users and items appears. After each night it chec
 - no duplicate keys in any gold table (keys as declared in tables.py);
 - versions advance at most once per step: a table written by a step that ran gains one version
   (two when the step created it: the empty create, then the write), a skipped step adds none;
-- candidates exist for the new category (today's run_date) once it has appeared.
+- candidates exist for the new category (today's run_date) once it has appeared;
+- the night the new category appears, the train step adapts the model by the few-shot path
+  (``batch.few_shot``: a new head from the nearest categories, a new model version whose
+  parent is the trained model) instead of retraining.
 
 Exit status 0 when every check of every day held, 1 otherwise. Writes under ``--work``.
 """
@@ -109,6 +112,16 @@ def _version_problems(before: dict[str, int], after: dict[str, int], steps) -> l
     return problems
 
 
+def _few_shot_night(steps, checks: dict[str, object]) -> bool:
+    """On the new category's night the train step took the few-shot path (this soak's
+    schedule and drift settings do not retrain that night)."""
+    train = next(s for s in steps if s.step == "train").summary
+    few = train.get("few_shot")
+    checks["few-shot"] = ({"parent": few["parent"], "categories": few["categories"]} if few
+                          else f"no: {train.get('reason') or 'model reused'}")
+    return bool(few)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     work = Path(args.work)
@@ -162,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             day_ok_new = day < args.new_category_day  # it must have appeared by then
             checks[f"candidates for {new_category}"] = "not yet" if day_ok_new else "category missing"
-        day_ok = checks["indexes stable"] and not dupes and not problems and day_ok_new
+        few_ok = True
+        if cat_idx is not None and day == args.new_category_day:
+            few_ok = _few_shot_night(result.steps, checks)
+        day_ok = checks["indexes stable"] and not dupes and not problems and day_ok_new and few_ok
         ok = ok and day_ok
         line = {"day": day + 1, "run_date": run_date.isoformat(), "seconds": round(seconds, 1),
                 "model": result.model_version, "steps_ran": [s.step for s in result.steps if s.ran],

@@ -131,3 +131,90 @@ def test_init_new_category_head_rejects_bad_arguments(new, neighbours, match):
     with pytest.raises(ValueError, match=match):
         init_new_category_head(tiny_model(), new, neighbours)
 
+
+
+# ------------------------------------------------------------------ few-shot adaptation
+
+
+def _set_heads(model, values: dict[int, float]) -> None:
+    with torch.no_grad():
+        for k, value in values.items():
+            for p in model.category_parameters(k):
+                p.fill_(value)
+            model.item_tower.category.weight[k].fill_(10 * value)
+
+
+def test_few_shot_head_starts_from_the_nearest_heads():
+    from xrec_spark.model.few_shot import add_categories
+
+    # Transfer into the new category 4: lift 3.0 from 3, 2.0 from 1, 0.5 from 2 -> nearest two: 3, 1.
+    rows = pd.DataFrame([(3, 4, 8, 3.0), (1, 4, 5, 2.0), (2, 4, 9, 0.5)],
+                        columns=["src_category_idx", "dst_category_idx", "users_both", "lift"])
+    model = tiny_model(bottom="mmoe")
+    _set_heads(model, {1: 1.0, 2: 2.0, 3: 6.0})
+    used = add_categories(model, choose_sources(rows, [4], top_n=2))
+    assert used == {4: [3, 1]} and model.sizes.n_categories == 4
+    assert all(torch.all(p == 3.5) for p in model.category_parameters(4))       # (6 + 1) / 2
+    assert torch.all(model.item_tower.category.weight[4] == 35.0)
+
+    # No transfer evidence yet: the mean of every trained head, (1 + 2 + 6) / 3.
+    bare = tiny_model(bottom="mmoe")
+    _set_heads(bare, {1: 1.0, 2: 2.0, 3: 6.0})
+    assert add_categories(bare, {4: []}) == {4: [1, 2, 3]}
+    assert all(torch.all(p == 3.0) for p in bare.category_parameters(4))
+    with pytest.raises(ValueError, match="must follow the model's 3 in order"):
+        add_categories(tiny_model(), {5: [1]})
+
+
+def _new_category_examples(n: int = 40) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return {"user_idx": torch.randint(0, 7, (n,), generator=g),
+            "history": torch.randint(0, 9, (n, 4), generator=g),
+            "item_idx": torch.randint(1, 9, (n,), generator=g),
+            "category_idx": torch.full((n,), 4),
+            "label": (torch.rand(n, generator=g) < 0.5).float(),
+            "weight": torch.ones(n)}
+
+
+@pytest.mark.parametrize("overrides", [
+    {"bottom": "mmoe", "history_encoder": "category_attention", "item_bias": True},
+    {"share_across_categories": False, "loss": "sampled_softmax"},
+])
+def test_few_shot_fine_tune_changes_only_the_new_category(overrides):
+    from xrec_spark.model.few_shot import FewShotSettings, add_categories, fine_tune_categories
+
+    model = tiny_model(**overrides)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    add_categories(model, {4: [1, 2]})
+    started = {k: v.clone() for k, v in model.state_dict().items()}
+    fit = fine_tune_categories(model, _new_category_examples(), [4], FewShotSettings(steps=30, lr=0.05, batch_size=16))
+    assert fit.steps == 30 and fit.examples == 40 and fit.final_loss < fit.first_loss
+    after = model.state_dict()
+    own = {n for n, _ in model.heads.heads["4"].named_parameters(prefix="heads.heads.4")}
+    if model.user_towers is not None:
+        own |= {n for n, _ in model.user_towers["4"].named_parameters(prefix="user_towers.4")}
+    for name, old in before.items():
+        if name in own:
+            continue
+        new = after[name]
+        if new.shape != old.shape:   # a table indexed by category grew a row for category 4
+            assert new.shape[0] == old.shape[0] + 1 and torch.equal(new[:-1], old), name
+        else:
+            assert torch.equal(new, old), f"{name} changed"
+    assert any(not torch.equal(after[n], started[n]) for n in own)
+    assert all(p.requires_grad for p in model.parameters())   # flags restored
+
+
+def test_few_shot_without_examples_keeps_the_initial_head():
+    from xrec_spark.model.few_shot import FewShotSettings, add_categories, fine_tune_categories
+
+    model = tiny_model()
+    add_categories(model, {4: [2]})
+    start = [p.clone() for p in model.category_parameters(4)]
+    empty = {k: v[:0] for k, v in _new_category_examples().items()}
+    fit = fine_tune_categories(model, empty, [4], FewShotSettings(steps=10))
+    assert fit.steps == 0 and fit.examples == 0
+    assert all(torch.equal(a, b) for a, b in zip(start, model.category_parameters(4)))
+    with pytest.raises(ValueError, match=r"categories \[1\] outside the adapted \[4\]"):
+        fine_tune_categories(model, {**_new_category_examples(), "category_idx": torch.ones(40, dtype=torch.long)},
+                             [4], FewShotSettings())

@@ -198,3 +198,90 @@ def test_batch_commands_are_registered_and_reject_bad_dates(capsys):
         nightly_job.main(["--date", "2024-13-01"])
     assert exit_info.value.code == 2
     assert "--date '2024-13-01': expected YYYY-MM-DD" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ few-shot
+
+
+def _few_shot_lake(spark, root) -> Lakehouse:
+    """Hand-made silver tables: books (1) and music (2) known to the parent model, toys (3)
+    added after its training with 4 train interactions on its new items 7-9 (the parent has
+    items 1-6); users 1-2 also use books, user 3 music: transfer into toys is strongest from books."""
+    from datetime import datetime as dt
+
+    from xrec_spark.tables import CATEGORY_TRANSFER, INTERACTIONS, TRAINING_EXAMPLES
+
+    lake = Lakehouse(spark, str(root))
+    t = dt(2024, 2, 1)
+    lake.append(CATEGORY_INDEX, spark.createDataFrame([("books", 1), ("music", 2), ("toys", 3)], CATEGORY_INDEX.schema))
+    lake.append(USER_INDEX, spark.createDataFrame([(f"u{u}", u) for u in range(1, 5)], USER_INDEX.schema))
+    texts = ["rome history", "space novel", "cook book", "jazz album", "piano solo", "rock live",
+             "wooden train", "toy robot", "puzzle box"]
+    lake.append(ITEM_FEATURES, spark.createDataFrame(
+        [(i, (i - 1) // 3 + 1, texts[i - 1], None, None, 2 if i <= 6 else int(i == 7)) for i in range(1, 10)],
+        ITEM_FEATURES.schema))
+    train = [(1, 1, 1), (1, 2, 1), (2, 1, 1), (3, 4, 2), (3, 5, 2), (4, 6, 2),       # (user, item, category)
+             (1, 7, 3), (2, 7, 3), (2, 8, 3), (3, 9, 3)]
+    rows = [(u, i, k, t, 5.0, 1, 1.0, "train", None) for u, i, k in train] + [(4, 9, 3, t, 5.0, 1, 1.0, "test", "cold_user")]
+    lake.append(INTERACTIONS, spark.createDataFrame(rows, INTERACTIONS.schema))
+    lake.append(CATEGORY_TRANSFER, spark.createDataFrame(
+        [(1, 3, 2, 1.0, 2.0, 0.5), (2, 3, 1, 0.5, 1.0, 0.3), (1, 2, 0, 0.0, 0.0, 0.0)], CATEGORY_TRANSFER.schema))
+    examples = [(u, i, 3, 1.0, 1.0, [1, 2, 0]) for u, i, k in train if k == 3]
+    examples += [(u, j, 3, 0.0, 1.0, [4, 0, 0]) for u, j in ((1, 9), (2, 9), (3, 7))]
+    lake.append(TRAINING_EXAMPLES, spark.createDataFrame(examples, TRAINING_EXAMPLES.schema))
+    return lake
+
+
+def _parent_without_toys(lake: Lakehouse, tmp_path) -> str:
+    """A stand-in model trained before toys existed (categories 1-2, items 1-6), in gold.runs."""
+    from xrec_spark.tables import RUNS
+
+    frame = lake.read(ITEM_FEATURES).toPandas()
+    cfg = ModelConfig(embedding_dim=8, hidden_dim=8, hash_buckets=64, max_tokens=4, seed=1)
+    path = tmp_path / "models" / "m-parent.pt"
+    save_model(path, CrossCategoryModel(cfg, ModelSizes(n_users=4, n_items=6, n_categories=2),
+                                        ItemContent.from_frame(frame, cfg, 9)), {"model_version": "m-parent"})
+    row = ("run-parent", "m-parent", "cfg", {"silver.category_index": 0}, {}, str(path), utc_now(), utc_now(), None)
+    lake.append(RUNS, lake.spark.createDataFrame([row], RUNS.schema))
+    return "m-parent"
+
+
+@pytest.mark.slow
+def test_few_shot_adapts_the_parent_to_a_new_category_and_registers_a_child(spark, tmp_path):
+    import torch
+
+    from xrec_spark.lineage import model_run
+    from xrec_spark.model.checkpoint import read_checkpoint
+    from xrec_spark.pipeline.few_shot import few_shot_plan, load_run_model, run_few_shot, trained_parent
+    from xrec_spark.tables import RUNS
+
+    lake = _few_shot_lake(spark, tmp_path / "lake")
+    base = make_config(tmp_path, batch={"few_shot_steps": 5, "few_shot_neighbours": 1, "few_shot_max_events": 4})
+    parent = model_run(lake, _parent_without_toys(lake, tmp_path))
+
+    def with_batch(**updates):
+        return base.model_copy(update={"batch": base.batch.model_copy(update=updates)})
+
+    assert few_shot_plan(lake, with_batch(few_shot=False), parent, ["toys"]) is None
+    assert few_shot_plan(lake, with_batch(few_shot_max_events=3), parent, ["toys"]) is None   # 4 > 3: retrain
+    assert few_shot_plan(lake, base, parent, []) is None
+    plan = few_shot_plan(lake, base, parent, ["toys"])
+    assert plan is not None and plan.events == {3: 4} and plan.names == {3: "toys"}
+
+    report = run_few_shot(lake, base, plan)
+    assert not report.reused and report.parent_model_version == "m-parent"
+    assert report.neighbours == {3: [1]}                     # books: the highest lift into toys
+    assert report.metrics["few_shot_steps"] == 5 and report.metrics["few_shot_examples"] == 7
+    child = model_run(lake)   # the latest model is the child: embeddings and candidates use it
+    assert child.model_version == report.model_version != "m-parent"
+    assert trained_parent(lake, child).model_version == "m-parent" and trained_parent(lake, parent) == parent
+    model = load_run_model(lake, child)
+    assert model.sizes.n_categories == 3
+    assert read_checkpoint(child.checkpoint_path)[1]["parent_model_version"] == "m-parent"
+    adapted = model.state_dict()
+    for name, value in load_run_model(lake, parent).state_dict().items():   # the parent's parameters are kept
+        assert torch.equal(adapted[name][: value.shape[0]], value), name
+
+    version = lake.version(RUNS)
+    again = run_few_shot(lake, base, plan)   # same parent, settings and inputs: the same run
+    assert again.reused and again.model_version == report.model_version and lake.version(RUNS) == version

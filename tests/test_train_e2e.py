@@ -166,24 +166,3 @@ def test_two_processes_train_the_prior_and_category_softmax_with_sparse_tables(s
     assert history[-1]["loss"] < history[0]["loss"]
     assert report.result.metrics["valid_ndcg@10"] > 0
 
-
-def test_a_weight_average_is_checkpointed_and_a_resumed_run_validates_the_same(spark, lake_root):
-    """train.weight_average: rank 0's EMA goes into state.pt, so a run that fails mid-epoch and
-    resumes folds in the same steps and validates the same averaged weights as one that did not."""
-    lake = Lakehouse(spark, str(lake_root))
-    average = {"kind": "ema", "ema_decay": 0.9, "every_steps": 2, "validate_raw": True}
-    _, whole = _config_file(lake_root, "ema-whole", weight_average=average,
-                            checkpoint_dir=str(lake_root.parent / "ckpt-ema-whole"))
-    ref = run_training(whole, lake).result
-    _, cut = _config_file(lake_root, "ema-cut", weight_average=average,
-                          checkpoint_dir=str(lake_root.parent / "ckpt-ema-cut"))
-    with pytest.raises(TrainingFailedError, match="injected failure at global step 6"):
-        run_training(cut, lake, fail_at_step=6, fail_rank=1)
-    resumed = run_training(cut, lake, resume="require").result
-    assert all(h["averaged"] and h["valid_metric_raw"] is not None for h in ref.history)
-    assert [h["valid_metric"] for h in resumed.history] == pytest.approx([h["valid_metric"] for h in ref.history],
-                                                                          abs=1e-6)
-    steps = int(ref.metrics["steps"])
-    for run in (ref, resumed):
-        state = load_state(RunPaths.of(run.run_dir).state)
-        assert int(state["average"]["n_averaged"]) == steps // 2   # one update every 2 global steps

@@ -161,15 +161,22 @@ class ModelRun:
     input_versions: dict[str, int]
 
 
-def model_run(lake: Lakehouse, model_version: str | None = None) -> ModelRun:
-    """The gold.runs row of ``model_version``, or the most recently finished one when None."""
+def model_run(lake: Lakehouse, model_version: str | None = None, role: str = "teacher") -> ModelRun:
+    """The gold.runs row of ``model_version``, or when None the most recently finished one of
+    ``role``: ``teacher`` (a trained model; rows written before roles existed are teachers) or
+    ``student`` (a model distilled from one, ``model.distill``)."""
     if not lake.exists(RUNS):
         raise NoModelError(f"table {RUNS.qualified} does not exist: train a model first (xrec train)")
     runs = lake.read(RUNS)
     if model_version is not None:
         runs = runs.where(F.col("model_version") == model_version)
+    else:
+        runs = runs.where(F.coalesce(F.get_json_object("params", "$.role"), F.lit("teacher")) == role)
     row = runs.orderBy(F.col("finished_at").desc(), F.col("run_id").desc()).first()
     if row is None:
+        if model_version is None and role != "teacher":
+            raise NoModelError(f"{RUNS.qualified} has no {role} model: train one with model.distill=true "
+                               "(xrec train --set model.distill=true) or serve the teacher (batch.model=teacher)")
         if model_version is None:
             raise NoModelError(f"{RUNS.qualified} has no rows: train a model first (xrec train)")
         known = [r["model_version"] for r in lake.read(RUNS).select("model_version").distinct().limit(10).collect()]
@@ -178,9 +185,9 @@ def model_run(lake: Lakehouse, model_version: str | None = None) -> ModelRun:
                     dict(row["input_versions"] or {}))
 
 
-def latest_model_version(lake: Lakehouse) -> str | None:
-    """model_version of the most recently finished run, or None when there is none."""
+def latest_model_version(lake: Lakehouse, role: str = "teacher") -> str | None:
+    """model_version of the most recently finished run of ``role``, or None when there is none."""
     try:
-        return model_run(lake).model_version
+        return model_run(lake, role=role).model_version
     except NoModelError:
         return None

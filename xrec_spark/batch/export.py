@@ -216,7 +216,7 @@ class ExportResult:
 
 def export_embeddings(lake: Lakehouse, cfg: JobConfig, model_version: str | None = None) -> ExportResult:
     """Export item and user x category vectors of ``model_version`` (None: latest in gold.runs)."""
-    run: ModelRun = model_run(lake, model_version)
+    run: ModelRun = model_run(lake, model_version, cfg.batch.model.value)
     with JobRun(lake, JOB, run.model_version) as job_run:
         result = _export(lake, cfg, run)
         job_run.record(result.input_versions, result.output_versions,

@@ -19,8 +19,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from xrec_spark.batch.pairs import served_categories, serving_pairs
-from xrec_spark.config import JobConfig
-from xrec_spark.lineage import JobRun, latest_model_version
+from xrec_spark.config import JobConfig, ServedModel
+from xrec_spark.lineage import JobRun, latest_model_version, model_run
 from xrec_spark.ranking.popularity import rank_by_popularity
 from xrec_spark.ranking.spark import rank_by_vectors
 from xrec_spark.tables import (
@@ -86,13 +86,21 @@ def generate_candidates(lake: Lakehouse, cfg: JobConfig, run_date: date,
     """Write gold.candidates for ``run_date`` from ``model_version`` (None: latest in gold.runs)."""
     if not isinstance(run_date, date):
         raise TypeError(f"run_date must be a datetime.date; got {type(run_date).__name__}")
-    version = model_version or latest_model_version(lake)
+    version = model_version or _served_version(lake, cfg)
     with JobRun(lake, JOB, run_date.isoformat()) as job_run:
         result = _generate(lake, cfg, run_date, version)
         job_run.record(result.input_versions, result.output_versions,
                        {"model_version": version, "rows": result.rows, "model_pairs": result.model_pairs,
                         "fallback_pairs": result.fallback_pairs})
     return result
+
+
+def _served_version(lake: Lakehouse, cfg: JobConfig) -> str | None:
+    """The latest model of ``batch.model``: None (popularity lists) when no teacher was trained
+    yet, an error when a student is asked for and none was distilled."""
+    if cfg.batch.model is ServedModel.STUDENT:
+        return model_run(lake, role=ServedModel.STUDENT.value).model_version
+    return latest_model_version(lake)
 
 
 def _generate(lake: Lakehouse, cfg: JobConfig, run_date: date, version: str | None) -> CandidatesResult:

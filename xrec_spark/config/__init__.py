@@ -12,7 +12,7 @@ One module per concern: ``base`` (the shared section base and :class:`ConfigErro
 """
 
 from xrec_spark.config.base import ConfigError
-from xrec_spark.config.batch import BatchConfig, InferenceDevice, SearchKind
+from xrec_spark.config.batch import BatchConfig, InferenceDevice, SearchKind, ServedModel
 from xrec_spark.config.evaluation import TRAINED_BASELINES, Baseline, EvalConfig, EvalSplit
 from xrec_spark.config.features import (
     FeaturesConfig, HistoryAsOf, NegativesConfig, NegativeStrategy, SplitConfig,
@@ -39,7 +39,7 @@ __all__ = [
     "CsvOptions", "DeltaConfig", "DeltaJars", "DistBackend", "EvalConfig", "EvalSplit", "EventColumns", "EventSource",
     "FeaturesConfig", "FileFormat", "FusionKind", "HistoryAsOf", "HistoryEncoderKind", "InferenceDevice", "InitFrom",
     "IngestConfig", "ItemColumns", "ItemSource", "JobConfig", "LakehouseConfig", "LoaderKind", "LossKind",
-    "ModelConfig", "NegativeStrategy", "NegativesConfig", "PhaseConfig", "PrunerConfig", "PrunerKind", "SearchKind",
+    "ModelConfig", "NegativeStrategy", "NegativesConfig", "PhaseConfig", "PrunerConfig", "PrunerKind", "SearchKind", "ServedModel",
     "SparkConfig", "SplitConfig", "SyntheticConfig", "TaskWeighting", "TimestampUnit", "TrainConfig",
     "TransferPhase", "TrialConfig", "build_config", "load_config", "merge_sections", "read_yaml_file",
     "WeightAverageConfig", "WeightAverageKind", "with_renamed_keys",

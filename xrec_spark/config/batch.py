@@ -24,7 +24,18 @@ class InferenceDevice(StrEnum):
     CUDA = "cuda"
 
 
+class ServedModel(StrEnum):
+    """Which model of a training run the export and candidates use when no version is named:
+    the trained model (``teacher``) or its distilled student (``model.distill``)."""
+
+    TEACHER = "teacher"
+    STUDENT = "student"
+
+
 class BatchConfig(_Section):
+    # The run's model the export and candidates serve by default (an explicit
+    # --model-version wins).
+    model: ServedModel = ServedModel.TEACHER
     top_k: int = Field(100, ge=1)
     exclude_seen: bool = True
     user_top_categories: int = Field(3, ge=0)
@@ -51,3 +62,15 @@ class BatchConfig(_Section):
     retrain_every_days: int = Field(7, ge=0)
     # ... or when the events added since its training are this share of the events it saw.
     drift_threshold: float = Field(0.2, gt=0)
+    # A category added after the model's training with at most few_shot_max_events train
+    # interactions does not force a retrain: the nightly adds its head to the latest model,
+    # starts it from its few_shot_neighbours nearest categories (silver.category_transfer) and
+    # fits only that category's parameters for few_shot_steps batches of few_shot_batch_size
+    # at few_shot_lr, saved as a new model version (gold.runs, parent = the trained model).
+    # false: a new category retrains everything, as any category above the threshold does.
+    few_shot: bool = True
+    few_shot_max_events: int = Field(1000, ge=0)
+    few_shot_neighbours: int = Field(3, ge=1)
+    few_shot_steps: int = Field(50, ge=0)
+    few_shot_batch_size: int = Field(256, ge=1)
+    few_shot_lr: float = Field(0.01, gt=0)

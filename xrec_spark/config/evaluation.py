@@ -30,9 +30,14 @@ class Baseline(StrEnum):
     DAE = "dae"
     NO_SHARING = "no_sharing"
     SHARED_NO_TRANSFER = "shared_no_transfer"
+    # The model's distilled student (model.distill): how much of the teacher it keeps.
+    STUDENT = "student"
+    # The model with its item rows started from a Mult-DAE (model.init_from=autoencoder).
+    AUTOENCODER_INIT = "autoencoder_init"
 
 
-TRAINED_BASELINES: tuple[Baseline, ...] = (Baseline.NO_SHARING, Baseline.SHARED_NO_TRANSFER)
+TRAINED_BASELINES: tuple[Baseline, ...] = (Baseline.NO_SHARING, Baseline.SHARED_NO_TRANSFER, Baseline.STUDENT,
+                                           Baseline.AUTOENCODER_INIT)
 _SAFE_ID = re.compile(names.SAFE_ID_PATTERN)
 
 

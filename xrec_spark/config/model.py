@@ -75,8 +75,24 @@ class ModelConfig(_Section):
     max_tokens: int = Field(48, ge=1)
     # Seed of the model's own generator (initialisation and id-dropout masks).
     seed: int = 0
-    # Embedding size of the distilled student two-tower (used when distill is true).
-    student_dim: int = Field(16, ge=1)
+    # distill: after the teacher, the training job fits a small two-tower student
+    # (student_dim wide, mean-pooled history, shared bottom) on the teacher's scores: a
+    # listwise KL over each example's category (the batch's items plus distill_pool items drawn
+    # from it) at the model's temperature, plus the scores' MSE, for distill_epochs passes at
+    # distill_lr. It is logged as its own run (gold.runs, MLflow) with the teacher as parent and
+    # served with batch.model=student: cheaper vectors, candidates and memory.
+    # 32 by default: on MovieLens valid a 16-wide student (and a 16-wide model trained on the
+    # labels) stayed below the popularity prior; 32 kept it (BENCHMARKS.md, Distillation).
+    student_dim: int = Field(32, ge=1)
+    distill_epochs: int = Field(2, ge=1)
+    distill_lr: float = Field(3e-3, gt=0)
+    distill_pool: int = Field(512, ge=0)
+    # Weight of the scores' MSE beside the listwise KL (0: the ranking alone).
+    distill_pointwise: float = Field(1.0, ge=0)
+    # The listwise KL also covers each batch user's top distill_top items of the teacher in the
+    # category (ranking distillation, Tang & Wang 2018): the head of the list is what a top-K
+    # serves, and a uniform pool rarely reaches it.
+    distill_top: int = Field(50, ge=0)
     # score = b(i) + <f_k(h_u), g(i)>: a per-item bias that starts at log(1 + train_count), with
     # the dot product starting at 0 (heads zero-initialised), so an untrained model ranks
     # exactly like per-category popularity. Exported as one extra vector dimension.

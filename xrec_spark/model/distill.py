@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xrec_spark.config import BottomKind, HistoryEncoderKind
+from xrec_spark.config import BottomKind, HistoryEncoderKind, InitFrom
 from xrec_spark.model.content import ItemContent
 from xrec_spark.model.towers import CrossCategoryModel
 
@@ -35,6 +35,10 @@ def make_student(teacher: CrossCategoryModel, content: ItemContent | None = None
         "embedding_dim": dim, "hidden_dim": 2 * dim, "bottom": BottomKind.SHARED,
         "history_encoder": (HistoryEncoderKind.NONE if cfg.history_encoder is HistoryEncoderKind.NONE
                             else HistoryEncoderKind.MEAN),
+        "history_item_rows": False, "init_from": InitFrom.NONE,
+        # The teacher's soft scores are the regulariser; the student reads the same full
+        # history the teacher scored with.
+        "history_item_dropout": 0.0, "history_dropout": 0.0,
         "distill": False})  # hash_buckets stays: the content's token ids were hashed with it
     if content is None:
         tower = teacher.item_tower
@@ -47,19 +51,42 @@ def make_student(teacher: CrossCategoryModel, content: ItemContent | None = None
 
 
 def distillation_loss(student_u: Tensor, student_v: Tensor, teacher_u: Tensor, teacher_v: Tensor,
-                      category_idx: Tensor, temperature: float = 1.0) -> Tensor:
-    """MSE of the scores plus KL(teacher || student) of in-batch score rows within each category.
+                      category_idx: Tensor, temperature: float = 1.0, pool: "Pool | None" = None,
+                      pointwise_weight: float = 1.0) -> Tensor:
+    """MSE of the examples' scores plus KL(teacher || student) of each user's scores over the
+    items of their example's category.
 
-    All vectors ``[B, D_*]``, category_idx ``[B]``. The listwise term teaches the student the
-    teacher's ranking of the batch's items for each user, which is what retrieval needs.
+    Vectors ``[B, D_*]`` of the examples' users and items, category_idx ``[B]``. The listwise
+    term teaches the student the teacher's ranking within the category, which is what retrieval
+    needs; its items are the batch's own (``[B]``) and, with ``pool``, items drawn from the
+    categories of the batch. The softmax is at ``temperature`` (the teacher's training one).
     """
     pointwise = F.mse_loss((student_u * student_v).sum(-1), (teacher_u * teacher_v).sum(-1))
-    same = category_idx.unsqueeze(1) == category_idx.unsqueeze(0)
-    s_logits = (student_u @ student_v.T / temperature).masked_fill(~same, -1e4)
-    t_logits = (teacher_u @ teacher_v.T / temperature).masked_fill(~same, -1e4)
-    listwise = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), log_target=True,
-                        reduction="batchmean")
-    return pointwise + listwise
+    s_items, t_items, item_category = student_v, teacher_v, category_idx
+    if pool is not None:
+        s_items = torch.cat([student_v, pool.student], dim=0)
+        t_items = torch.cat([teacher_v, pool.teacher], dim=0)
+        item_category = torch.cat([category_idx, pool.category], dim=0)
+    listwise = student_u.new_zeros(())
+    # One block per category (users of k x items of k), not a masked [B, B + P] matrix: the
+    # work is the sum of the blocks, a fraction of the full matrix when the batch spans many.
+    for k in torch.unique(category_idx):
+        rows, cols = category_idx == k, item_category == k
+        s_logits = student_u[rows] @ s_items[cols].T / temperature
+        t_logits = teacher_u[rows] @ t_items[cols].T / temperature
+        listwise = listwise + F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), log_target=True,
+                                       reduction="sum")
+    return pointwise_weight * pointwise + listwise / category_idx.shape[0]
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Items drawn from the batch's categories, as both models see them: student ``[P, d]``,
+    teacher ``[P, D]`` vectors and their category ``[P]``."""
+
+    student: Tensor
+    teacher: Tensor
+    category: Tensor
 
 
 def distill(teacher: CrossCategoryModel, student: CrossCategoryModel, batches: Iterable[Mapping[str, Tensor]],

@@ -92,9 +92,10 @@ def phase_param_groups(model: CrossCategoryModel, loss: MultiTaskLoss, phase: st
 def init_new_category_head(model: CrossCategoryModel, new_category: int, neighbours: Sequence[int]) -> None:
     """Initialise category ``new_category``'s parameters as the mean of its neighbours'.
 
-    Averages θ_k (and gates / own towers when the model has them) and the item tower's
-    category-embedding row over ``neighbours``. A ``new_category`` one above the model's count
-    is appended first (``model.sizes`` grows; rebuild optimizers and the loss afterwards).
+    Averages θ_k (and gates / own towers when the model has them), the item tower's
+    category-embedding row and, with a category-attention history encoder, its target-query
+    row over ``neighbours``. A ``new_category`` one above the model's count is appended first
+    (``model.sizes`` grows; rebuild optimizers and the loss afterwards).
     """
     n = model.sizes.n_categories
     if new_category == n + 1:
@@ -113,3 +114,8 @@ def init_new_category_head(model: CrossCategoryModel, new_category: int, neighbo
         param.copy_(torch.stack([params[i] for params in per_source]).mean(0))
     rows = model.item_tower.category.weight
     rows[new_category] = rows[sources].mean(0)
+    encoder = model.user_tower.history if model.user_tower is not None else None
+    if encoder is not None and encoder.targeted:
+        # The query attends over a user's history for this category: start from where the
+        # neighbours look rather than from mean pooling.
+        encoder.category_query[new_category] = encoder.category_query[sources].mean(0)

@@ -44,7 +44,8 @@ def retrain_reason(model_finished: datetime, run_date: date, drift: float, batch
 
     New categories: the category index gained categories since the model was trained; the
     model has no parameters for them (no task head, no category embedding), so it cannot rank
-    them until it is retrained.
+    them until it is retrained, or adapted: with ``batch.few_shot`` the nightly gives a new
+    category with few train events a head of its own instead (:mod:`xrec_spark.pipeline.few_shot`).
 
     Schedule: the run date is ``batch.retrain_every_days`` or more days after the day the model
     finished (0 turns the schedule off). Drift: new events / events the model saw

@@ -1,10 +1,12 @@
 """The nightly chain for one date, restartable step by step.
 
-    ingest the day's files -> features -> retrain or reuse the model -> embeddings -> candidates
-    -> evaluation
+    ingest the day's files -> features -> retrain, adapt (few-shot) or reuse the model
+    -> embeddings -> candidates -> evaluation
 
 The steps are the registered stages (:mod:`xrec_spark.pipeline.stages`) of those names, with
-the train stage behind the retrain decision (:mod:`xrec_spark.pipeline.drift`). Every step
+the train stage behind the retrain decision (:mod:`xrec_spark.pipeline.drift`); a category
+new since the model's training with few train events adapts the model instead of retraining
+it (:mod:`xrec_spark.pipeline.few_shot`). Every step
 leaves a marker in meta.job_log (job ``nightly``, run_key ``<date>:<step>``) with the input
 versions it saw (the stage's input tables; the model version for the steps that use one). A
 step whose last marker for the date has the same input versions as now is skipped, so a run
@@ -28,6 +30,7 @@ from xrec_spark.config import JobConfig
 from xrec_spark.ingest.readers import list_source_files
 from xrec_spark.lineage import JobRun, ModelRun, NoModelError, model_run
 from xrec_spark.pipeline.drift import categories_added_since, new_events_since, retrain_reason
+from xrec_spark.pipeline.few_shot import few_shot_plan, run_few_shot, trained_parent
 from xrec_spark.pipeline.stages import Context, stage
 from xrec_spark.tables import BRONZE_EVENTS, Lakehouse, TableSpec
 
@@ -149,13 +152,23 @@ class _Night:
         reason = "no model yet"
         drift = None
         if latest is not None:
-            new, before = new_events_since(self.lake, latest.finished_at)
+            # Age, drift and new categories count from the fully trained model: a few-shot
+            # version only adds heads to it (pipeline.few_shot).
+            trained = trained_parent(self.lake, latest)
+            new, before = new_events_since(self.lake, trained.finished_at)
             drift = new / before if before else float("inf") if new else 0.0
-            reason = retrain_reason(latest.finished_at, self.run_date, drift, self.cfg.batch,
-                                    categories_added_since(self.lake, latest.input_versions))
+            added = categories_added_since(self.lake, trained.input_versions)
+            reason = retrain_reason(trained.finished_at, self.run_date, drift, self.cfg.batch, added)
             if reason is None:
                 self.model_version = latest.model_version
                 return {"model_version": latest.model_version, "retrained": False, "drift": round(drift, 4)}
+            plan = (few_shot_plan(self.lake, self.cfg, trained, added)
+                    if retrain_reason(trained.finished_at, self.run_date, drift, self.cfg.batch) is None else None)
+            if plan is not None:
+                few = run_few_shot(self.lake, self.cfg, plan)
+                self.model_version = few.model_version
+                return {"model_version": few.model_version, "retrained": False, "few_shot": few.summary(),
+                        "drift": round(drift, 4)}
         report = self._run("train")
         self.model_version = report.spec.model_version
         return {"model_version": self.model_version, "retrained": True, "reason": reason,

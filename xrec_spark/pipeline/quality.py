@@ -1,11 +1,12 @@
 """The quality benchmark's chain: the registered stages on one data set, plus two trained
 baselines, evaluated on test with every baseline (``bench/quality.py`` renders the results).
 
-    ingest -> features -> train the model (the config's transfer phases)
+    ingest -> features -> train the model (the config's transfer phases) and its distilled student
            -> train no_sharing (model.share_across_categories=false) and shared_no_transfer
-              (model.history_encoder=none), each as ONE joint phase with the model's total epochs
-           -> evaluate on test (popularity, ALS and EASE tuned on valid with the library's full
-              search, the two trained baselines, the model) -> report
+              (model.history_encoder=none), each as ONE joint phase with the model's total epochs,
+              and the variant autoencoder_init (the model's config, model.init_from=autoencoder)
+           -> evaluate on test (popularity, ALS, EASE and the DAE tuned on valid with the library's
+              full search, the trained baselines, the student, the model) -> report
 
 Every step is idempotent, and the trained model versions and the eval_id are kept in
 ``<root>/bench_versions.json``, so ``steps=("evaluate", "report")`` re-evaluates them later.
@@ -31,6 +32,10 @@ TRAINED_BASELINES: dict[str, list[str]] = {
     # Without a history a user is their id row, whatever the model's own config says of ids.
     Baseline.SHARED_NO_TRANSFER.value: ["model.history_encoder=none", "model.user_ids=true"],
 }
+# Variants of the model: its own config plus these overrides (no single phase).
+VARIANTS: dict[str, list[str]] = {Baseline.AUTOENCODER_INIT.value: ["model.init_from=autoencoder"]}
+# The model trains with its distilled student, evaluated beside it as this system.
+DISTILLED = Baseline.STUDENT.value
 # Every other baseline: fitted by the evaluation itself.
 EVAL_BASELINES = tuple(b.value for b in Baseline if b not in TRAINED)
 # Keys whose EvalConfig defaults (the full ALS search, EASE's and the DAE's grids) the bench always uses.
@@ -105,9 +110,10 @@ class QualityRun:
         for name in ("ingest", "features"):
             if name in steps:
                 self._stage(name, ctx)
-        trained: list[tuple[str, list[str]]] = [("model", [])] if "train" in steps else []
+        trained: list[tuple[str, list[str]]] = [("model", ["model.distill=true"])] if "train" in steps else []
         if "baselines" in steps:
             trained += [(name, [*extra, single_phase(cfg)]) for name, extra in TRAINED_BASELINES.items()]
+            trained += list(VARIANTS.items())
         # Every trained system's config is built before the first trains: a baseline whose
         # overrides clash with the model's config fails now, not after the model's training.
         configs = [(system, extra, self.config_with(*extra)) for system, extra in trained]
@@ -115,6 +121,8 @@ class QualityRun:
             summary = self._stage("train", Context(lake, system_cfg, ctx.run_date),
                                   key=f"train {system}", label=f"train {system} {' '.join(extra)}")
             versions[system] = summary.result.result.model_version
+            if summary.result.result.student is not None:
+                versions[DISTILLED] = summary.result.result.student["model_version"]
             self._keep(versions)
         if "evaluate" in steps:
             evaluated = self._stage("evaluate", Context(lake, self._eval_config(versions), ctx.run_date))
@@ -129,7 +137,7 @@ class QualityRun:
         missing = [s for s in ("model", *TRAINED_BASELINES) if s not in versions]
         if missing:
             raise ValueError(f"no trained version of {missing} in {self.versions_file}: run the train/baselines steps")
-        trained = {k: versions[k] for k in TRAINED_BASELINES}
+        trained = {k: versions[k] for k in (*TRAINED_BASELINES, *VARIANTS, DISTILLED) if k in versions}
         return self.config_with(
             "eval.split=test", "eval.include_model=true", f"eval.model_version={versions['model']}",
             f"eval.baselines={json.dumps([*EVAL_BASELINES, *trained])}",

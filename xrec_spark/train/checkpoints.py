@@ -44,6 +44,10 @@ class RunPaths:
     def model(self) -> Path:
         return self.root / "model.pt"
 
+    def student(self, tag: str) -> Path:
+        """The model file of the run's student ``tag`` (TrainSpec.student_tag)."""
+        return self.root / f"{tag}.pt"
+
     @property
     def spec(self) -> Path:
         return self.root / "spec.json"

@@ -45,6 +45,8 @@ class TrainResult:
     world_size: int = 1
     input_versions: dict[str, int] = field(default_factory=dict)
     valid_start: dict[str, Any] | None = None   # the untrained model's validation (epoch 0)
+    # model.distill: the student's model_version, run_id, model_path, metrics and history.
+    student: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -111,12 +113,18 @@ def train(spec: TrainSpec) -> TrainResult:
 
         cfg = spec.job_config()
         with ranks.process_group(cfg.train.use_gpu, cfg.train.backend.value) as info:
-            summary = Trainer(spec, cfg, info, paths).fit()
+            trainer = Trainer(spec, cfg, info, paths)
+            summary = trainer.fit()
+            student = None
+            if cfg.model.distill:
+                from xrec_spark.train.student import fit_student
+
+                student = fit_student(spec, cfg, info, paths, trainer.model, trainer.validation)
             result = TrainResult(run_id=spec.run_id, model_version=spec.model_version, run_dir=str(paths.root),
                                  model_path=str(paths.model), metrics=summary["metrics"],
                                  history=summary["history"], best_at=summary["best_at"],
                                  world_size=info.world_size, input_versions=spec.input_versions(),
-                                 valid_start=summary["valid_start"])
+                                 valid_start=summary["valid_start"], student=student)
             ranks.on_rank_zero(info, lambda: atomic_write_text(paths.result, result.to_json()))
             return result
 

@@ -28,7 +28,7 @@ from xrec_spark.tables import (
     USER_HISTORY, USER_INDEX, Lakehouse, TableNotFoundError, TableSpec)
 from xrec_spark.train.checkpoints import RunPaths
 from xrec_spark.train.ddp import TrainResult, train
-from xrec_spark.train.spec import InputTable, ResumeMode, Sizes, TrainSpec
+from xrec_spark.train.spec import DISTILL_KEYS, InputTable, ResumeMode, Sizes, TrainSpec
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ def run_id_for(cfg: JobConfig, input_versions: dict[str, int]) -> str:
     train = {k: v for k, v in cfg.train.model_dump(mode="json").items() if k not in _NOT_IN_RUN_ID}
     if cfg.train.weight_average.kind is WeightAverageKind.NONE:   # ids of runs without one stay what they were
         del train["weight_average"]
-    body = {"features": cfg.features.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
+    model = {k: v for k, v in cfg.model.model_dump(mode="json").items() if k not in DISTILL_KEYS}
+    body = {"features": cfg.features.model_dump(mode="json"), "model": model,
             "train": train, "inputs": dict(sorted(input_versions.items()))}
     if MODEL_LOGIC_VERSION > 1:   # so ids of runs made before versioning stay what they were
         body["logic"] = MODEL_LOGIC_VERSION
@@ -168,7 +169,7 @@ def prepare_run_dir(spec: TrainSpec) -> RunPaths:
     paths.root.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(paths.errors, ignore_errors=True)
     if spec.resume == "never":
-        for stale in (paths.state, paths.model, paths.result):
+        for stale in (paths.state, paths.model, paths.student(spec.student_tag), paths.result):
             stale.unlink(missing_ok=True)
     spec.write(paths.spec)
     return paths
@@ -251,6 +252,13 @@ class TrainingReport:
             f"mlflow run: {self.mlflow_run_id} in {self.tracking_uri} (experiment xrec-train)",
             f"runs row:   {RUNS.qualified} run_id={r.run_id} at {self.runs_table} (version {self.runs_version})",
         ]
+        if r.student is not None:
+            sm = r.student["metrics"]
+            valid = next((f", {k} {v:.4f}" for k, v in sm.items() if k.startswith("valid_")), "")
+            lines.append(f"student:    {r.student['model_version']} ({int(sm.get('parameters', 0)):,} parameters vs "
+                         f"{int(sm.get('teacher_parameters', 0)):,}), {int(sm.get('epochs', 0))} passes, "
+                         f"{sm.get('samples_per_s', 0.0):,.0f} samples/s{valid}; serve it with "
+                         "--set batch.model=student")
         return "\n".join(lines)
 
 
@@ -270,6 +278,10 @@ def finished_run(lake: Lakehouse, spec: TrainSpec) -> TrainingReport | None:
                           runs_table=lake.path(RUNS), runs_version=lake.version(RUNS) or 0, reused=True)
 
 
+def _has_run(lake: Lakehouse, run_id: str) -> bool:
+    return lake.exists(RUNS) and lake.read(RUNS).where(F.col("run_id") == run_id).limit(1).count() > 0
+
+
 def run_training(cfg: JobConfig, lake: Lakehouse, resume: ResumeMode = "auto",
                  fail_at_step: int | None = None, fail_rank: int = 0) -> TrainingReport:
     """The whole job: pin inputs, train on the ranks, then (after success only) log to MLflow,
@@ -279,19 +291,26 @@ def run_training(cfg: JobConfig, lake: Lakehouse, resume: ResumeMode = "auto",
     started = datetime.now(timezone.utc)
     uri = tracking.tracking_uri(cfg, lake)   # checked before training, not after an hour of it
     spec = build_spec(cfg, lake, resume=resume, fail_at_step=fail_at_step, fail_rank=fail_rank)
+    teacher_done = False
     if resume == "auto":
         finished = finished_run(lake, spec)
-        if finished is not None:
+        if finished is not None and not (cfg.model.distill and not _has_run(lake, spec.student_run_id)):
             return finished
+        # A finished teacher without this student: the ranks reload the teacher from its
+        # checkpoint (no epoch runs) and fit only the student.
+        teacher_done = finished is not None
     try:
         result = launch(spec, cfg)
     except TrainingFailedError as e:
         tracking.log_mlflow_failure(uri, spec, str(e))
         raise
     mlflow_id = tracking.log_mlflow(uri, spec, result)
-    finished = datetime.now(timezone.utc)
     extra = {"mlflow_run_id": mlflow_id, "tracking_uri": uri}
-    runs_version = tracking.write_runs_row(lake, spec, result, cfg.fingerprint(), started, finished, extra)
+    if result.student is not None:
+        extra["student_mlflow_run_id"] = tracking.log_mlflow_student(uri, spec, result, mlflow_id)
+    finished = datetime.now(timezone.utc)
+    runs_version = tracking.write_runs_row(lake, spec, result, cfg.fingerprint(), started, finished, extra,
+                                           teacher=not teacher_done)
     summary = {"model_version": spec.model_version, "model_path": result.model_path, **extra,
                "metrics": result.metrics}
     with JobRun(lake, JOB, spec.run_id, started_at=started) as job_run:

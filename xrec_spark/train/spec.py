@@ -9,6 +9,7 @@ TorchDistributor and under ``torchrun ... -m xrec_spark.train.ddp --spec spec.js
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +56,12 @@ class Sizes:
     n_categories: int
 
 
+# The model keys that say how a student is distilled (model.distill): left out of the teacher's
+# run id (turning distillation on does not retrain the teacher) and hashed into the student's.
+DISTILL_KEYS = ("distill", "student_dim", "distill_epochs", "distill_lr", "distill_pool", "distill_pointwise",
+                "distill_top")
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     """Everything a rank needs; JSON round-trips (``to_json`` / ``from_json``)."""
@@ -87,6 +94,22 @@ class TrainSpec:
 
     def input_versions(self) -> dict[str, int]:
         return {name: t.version for name, t in self.inputs.items()}
+
+    @property
+    def student_tag(self) -> str:
+        """``student-<hash of the distillation settings>``: one student per teacher and settings."""
+        settings = {k: self.config["model"].get(k) for k in DISTILL_KEYS}
+        return "student-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+    @property
+    def student_version(self) -> str:
+        """model_version of the run's distilled student (``model.distill``)."""
+        return f"{self.model_version}-{self.student_tag}"
+
+    @property
+    def student_run_id(self) -> str:
+        """gold.runs run_id of the run's distilled student."""
+        return f"{self.run_id}-{self.student_tag}"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)

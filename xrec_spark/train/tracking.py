@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
-from xrec_spark.config import JobConfig
+from xrec_spark.config import JobConfig, ServedModel
 from xrec_spark.tables import RUNS, Lakehouse
 from xrec_spark.train.ddp import TrainResult
 from xrec_spark.train.spec import TrainSpec
@@ -86,25 +86,44 @@ def _experiment_id(client: Any, uri: str) -> str:
 def log_mlflow(uri: str, spec: TrainSpec, result: TrainResult) -> str:
     """Log a finished run (params, per-epoch metrics, summary metrics, model and spec files);
     returns the MLflow run id. A run already logged for the same run id is reused."""
+    return _log_finished(uri, spec.run_id, spec.model_version, run_params(spec), result.history, result.metrics,
+                         [Path(result.run_dir) / name for name in ("model.pt", "result.json", "spec.json")])
+
+
+def log_mlflow_student(uri: str, spec: TrainSpec, result: TrainResult, parent: str) -> str:
+    """Log the run's distilled student as its own MLflow run, a child of the teacher's run
+    ``parent`` (MLflow's parent tag nests it under the teacher in the UI)."""
+    student = result.student or {}
+    params = {**run_params(spec), "run_id": spec.student_run_id, "model_version": spec.student_version,
+              "parent_model_version": spec.model_version}
+    return _log_finished(uri, spec.student_run_id, spec.student_version, params, student.get("history", []),
+                         student.get("metrics", {}), [Path(student.get("model_path", ""))],
+                         {"mlflow.parentRunId": parent, "xrec.parent_model_version": spec.model_version})
+
+
+def _log_finished(uri: str, run_id: str, model_version: str, params: Mapping[str, str],
+                  history: list[dict[str, Any]], summary: Mapping[str, float], artifacts: list[Path],
+                  tags: Mapping[str, str] | None = None) -> str:
     from mlflow.entities import Metric, Param
 
     client = _client(uri)
     exp_id = _experiment_id(client, uri)
-    done = client.search_runs([exp_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{spec.run_id}' "
+    done = client.search_runs([exp_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{run_id}' "
                               "and attributes.status = 'FINISHED'", max_results=1)
     if done:
         return done[0].info.run_id
-    run = client.create_run(exp_id, run_name=spec.model_version,
-                            tags={RUN_ID_TAG: spec.run_id, "xrec.model_version": spec.model_version})
+    run = client.create_run(exp_id, run_name=model_version,
+                            tags={RUN_ID_TAG: run_id, "xrec.model_version": model_version, **(tags or {})})
     rid = run.info.run_id
-    params = [Param(k, v) for k, v in run_params(spec).items()]
-    for i in range(0, len(params), 100):   # MLflow takes at most 100 params per batch
-        client.log_batch(rid, params=params[i:i + 100])
+    batch = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(batch), 100):   # MLflow takes at most 100 params per batch
+        client.log_batch(rid, params=batch[i:i + 100])
     now = int(datetime.now().timestamp() * 1000)
     metrics = []
-    for step, record in enumerate(result.history, start=1):
+    for step, record in enumerate(history, start=1):
         for key in ("loss", "samples_per_s", "data_wait_share", "seconds"):
-            metrics.append(Metric(_metric_name(f"epoch_{key}"), float(record[key]), now, step))
+            if key in record:
+                metrics.append(Metric(_metric_name(f"epoch_{key}"), float(record[key]), now, step))
         if record.get("valid_metric") is not None:
             metrics.append(Metric(_metric_name(f"valid_{record['metric_name']}"), float(record["valid_metric"]),
                                   now, step))
@@ -112,13 +131,12 @@ def log_mlflow(uri: str, spec: TrainSpec, result: TrainResult) -> str:
             # Not "valid_*": that prefix names the run's one early-stopping metric.
             metrics.append(Metric(_metric_name(f"slice_{slice_name}_valid_{record['metric_name']}"), float(value),
                                   now, step))
-    metrics += [Metric(_metric_name(k), float(v), now, 0) for k, v in result.metrics.items()]
+    metrics += [Metric(_metric_name(k), float(v), now, 0) for k, v in summary.items()]
     for i in range(0, len(metrics), 1000):
         client.log_batch(rid, metrics=metrics[i:i + 1000])
-    run_dir = Path(result.run_dir)
-    for name in ("model.pt", "result.json", "spec.json"):
-        if (run_dir / name).is_file():
-            client.log_artifact(rid, str(run_dir / name))
+    for file in artifacts:
+        if file.is_file():
+            client.log_artifact(rid, str(file))
     client.set_terminated(rid, "FINISHED")
     return rid
 
@@ -138,14 +156,27 @@ def log_mlflow_failure(uri: str, spec: TrainSpec, message: str) -> str:
 
 
 def write_runs_row(lake: Lakehouse, spec: TrainSpec, result: TrainResult, config_hash: str,
-                   started: datetime, finished: datetime, extra: Mapping[str, Any]) -> int:
-    """MERGE the run's gold.runs row (keyed on run_id, so a rerun updates it); returns the
-    table's new version."""
+                   started: datetime, finished: datetime, extra: Mapping[str, Any], teacher: bool = True) -> int:
+    """MERGE the run's gold.runs rows (keyed on run_id, so a rerun updates them): the model's
+    (unless ``teacher`` is false: it finished earlier and only a student was fitted now) and,
+    with ``model.distill``, its student's (``role: student``, the teacher as
+    ``parent_model_version`` in params). Returns the table's new version."""
     params = {"run_dir": result.run_dir, "world_size": result.world_size, "best_at": result.best_at,
-              "target_categories": list(spec.target_categories), **extra}
-    row = (spec.run_id, spec.model_version, config_hash, dict(spec.input_versions()),
-           {k: float(v) for k, v in result.metrics.items()}, result.model_path, started, finished,
-           json.dumps(params, sort_keys=True))
-    lake.merge(RUNS, lake.spark.createDataFrame([row], RUNS.schema), update=True, job="train")
+              "target_categories": list(spec.target_categories), "role": ServedModel.TEACHER.value, **extra}
+    rows = [(spec.run_id, spec.model_version, config_hash, dict(spec.input_versions()),
+             {k: float(v) for k, v in result.metrics.items()}, result.model_path, started, finished,
+             json.dumps(params, sort_keys=True))]
+    if result.student is not None:
+        rows[0] = (*rows[0][:-1], json.dumps({**params, "student_model_version": spec.student_version},
+                                             sort_keys=True))
+        student = {"run_dir": result.run_dir, "world_size": result.world_size,
+                   "target_categories": list(spec.target_categories), "role": ServedModel.STUDENT.value,
+                   "parent_model_version": spec.model_version, "parent_run_id": spec.run_id,
+                   "mlflow_run_id": extra.get("student_mlflow_run_id"), "tracking_uri": extra.get("tracking_uri")}
+        rows.append((spec.student_run_id, spec.student_version, config_hash, dict(spec.input_versions()),
+                     {k: float(v) for k, v in result.student["metrics"].items()}, result.student["model_path"],
+                     started, finished, json.dumps(student, sort_keys=True)))
+    rows = rows if teacher else rows[1:]
+    lake.merge(RUNS, lake.spark.createDataFrame(rows, RUNS.schema), update=True, job="train")
     version = lake.version(RUNS)
     return -1 if version is None else version

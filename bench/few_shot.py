@@ -1,0 +1,189 @@
+"""Few-shot adaptation on the soak's new-category scenario: NDCG@10 of the new category and wall times.
+
+    .venv/bin/python bench/few_shot.py                   # soak sizes, the new category has 1 train day
+    .venv/bin/python bench/few_shot.py --new-share 0.1   # fewer events of the new category
+
+The synthetic generator of bench/soak.py (300 users, 400 items in 4 categories, 1,500 events a
+day; from ``--new-category-day`` a new category with 40 new items and 30 new users takes
+``--new-share`` of the events). Split by dates: the new category's first ``--train-days`` days
+are train, the next day valid, the ``--test-days`` after it test.
+
+1. Ingest the days before the new category, build features, train the model (it has no
+   parameters for the new category): the model the nightly finds.
+2. Ingest the rest, build features again (the new category now has a few train interactions).
+3. Rank the new category's items for its test (user, category) groups, full ranking, the
+   user's train items excluded (the training's validation code on the test rows), with:
+   (a) what is served today for a category the model has no head for: the popularity
+       fallback of candidate generation (train_count order);
+   (a') the model with the new head initialised from its nearest heads, no fine-tune (content,
+       category row and the users' histories through the averaged head);
+   (b) the few-shot path of the nightly (pipeline.few_shot.run_few_shot);
+   (c) a full retrain (the train job on the same tables).
+Prints one JSON line per system (ndcg@10, groups, seconds) and a summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from xrec_spark.config import build_config  # noqa: E402
+from xrec_spark.features.build import build_features  # noqa: E402
+from xrec_spark.ingest.run import run_ingest  # noqa: E402
+from xrec_spark.ingest.synthetic import SyntheticPaths, synthetic_ingest_config, write_synthetic  # noqa: E402
+from xrec_spark.lineage import model_run  # noqa: E402
+from xrec_spark.pipeline.few_shot import few_shot_plan, load_run_model, run_few_shot, train_events  # noqa: E402
+from xrec_spark.session import get_spark  # noqa: E402
+from xrec_spark.tables import CATEGORY_INDEX, INTERACTIONS, ITEM_FEATURES, USER_HISTORY, Lakehouse  # noqa: E402
+from xrec_spark.train.launch import run_training  # noqa: E402
+from xrec_spark.train.validation import ValidationSet, build_validation, validation_summary  # noqa: E402
+
+K = 10
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--events-per-day", type=int, default=1500)
+    p.add_argument("--new-category-day", type=int, default=10, help="0-based day the new category appears")
+    p.add_argument("--train-days", type=int, default=1, help="days of the new category in the train split")
+    p.add_argument("--test-days", type=int, default=2)
+    p.add_argument("--new-share", type=float, default=0.3)
+    p.add_argument("--steps", type=int, default=50, help="batch.few_shot_steps")
+    p.add_argument("--epochs", type=int, default=1, help="train epochs of the base model and the retrain")
+    p.add_argument("--work", default="/tmp/xrec-few-shot")
+    return p.parse_args(argv)
+
+
+def _config(root: Path, args: argparse.Namespace):
+    days = args.new_category_day + args.train_days + 1 + args.test_days
+    start = date(2024, 4, 1)
+    valid = start + timedelta(days=args.new_category_day + args.train_days)
+    return build_config({
+        "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "3g",
+                  "delta": {"jars_dir": str(REPO / ".cache" / "jars")},
+                  "conf": {"spark.ui.enabled": "false", "spark.default.parallelism": "2"}},
+        "lakehouse": {"root": str(root / "lakehouse")},
+        "synthetic": {"users": 300, "items": 400, "categories": 4, "events": args.events_per_day * days,
+                      "days": days, "start": start.isoformat(), "files": 1,
+                      "new_category_day": args.new_category_day, "new_category_items": 40,
+                      "new_category_users": 30, "new_category_share": args.new_share},
+        "features": {"history_length": 5, "negatives": {"per_positive": 1}, "training_files": 2,
+                     "split": {"valid_start": valid.isoformat(), "test_start": (valid + timedelta(days=1)).isoformat()}},
+        "model": {"embedding_dim": 8, "hidden_dim": 16, "hash_buckets": 1024, "max_tokens": 8},
+        "train": {"num_processes": 1, "batch_size": 256, "checkpoint_dir": str(root / "checkpoints"),
+                  "tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+                  "phases": [{"name": "pretrain", "epochs": args.epochs}]},
+        "batch": {"few_shot_steps": args.steps, "few_shot_max_events": 100_000},
+    }, origin="few-shot bench")
+
+
+def _ingest(spark, lake: Lakehouse, cfg, landing: str, first: int, last: int) -> int:
+    days = ",".join(f"{d:04d}" for d in range(first, last + 1))
+    paths = SyntheticPaths(f"{landing}/events-day-{{{days}}}", f"{landing}/items-day-{last:04d}",
+                           f"{landing}/users-day-{last:04d}")
+    summary = run_ingest(spark, lake, cfg.model_copy(
+        update={"ingest": synthetic_ingest_config(paths, cfg.synthetic, cfg.ingest)}))
+    return summary.inserted_events
+
+
+class _Popularity(nn.Module):
+    """The served fallback as a scorer: every user [1], every item [train_count] (item_idx breaks ties)."""
+
+    def __init__(self, train_count: np.ndarray) -> None:
+        super().__init__()
+        n = train_count.shape[0]
+        self.register_buffer("score", torch.as_tensor(train_count, dtype=torch.float64) - torch.arange(n) * 1e-9)
+
+    def user_vectors(self, user_idx: Tensor, history: Tensor, category_idx: Tensor) -> Tensor:
+        return torch.ones(user_idx.shape[0], 1, dtype=torch.float64)
+
+    def item_vectors(self, item_idx: Tensor) -> Tensor:
+        return self.score[item_idx].unsqueeze(-1)
+
+
+def _test_groups(lake: Lakehouse, category: int, history_length: int) -> ValidationSet:
+    """The new category's test groups, built by the validation code (test rows in valid's place)."""
+    inter = lake.read(INTERACTIONS).select("user_idx", "item_idx", "category_idx", "split", "label").toPandas()
+    inter = inter[inter["split"] != "valid"].replace({"split": {"test": "valid"}})
+    items = lake.read(ITEM_FEATURES).select("item_idx", "category_idx").toPandas()
+    histories = lake.read(USER_HISTORY).select("user_idx", "history").toPandas()
+    return build_validation(inter, items, histories, [category], history_length, 10**9, 0)
+
+
+def _ndcg(model: nn.Module, groups: ValidationSet) -> float:
+    return validation_summary(model, groups, K, torch.device("cpu"))[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    cfg = _config(work, args)
+    spark = get_spark(cfg)
+    spark.sparkContext.setLogLevel("ERROR")
+    lake = Lakehouse(spark, cfg.lakehouse.root)
+    landing = str(work / "landing")
+    for d in range(cfg.synthetic.days):
+        write_synthetic(spark, cfg.synthetic, landing, day=d)
+    new_day = args.new_category_day
+    _ingest(spark, lake, cfg, landing, 0, new_day - 1)
+    build_features(spark, lake, cfg)
+    clock = time.perf_counter()
+    base_report = run_training(cfg, lake)
+    base_seconds = time.perf_counter() - clock
+    base = model_run(lake, base_report.spec.model_version)
+    _ingest(spark, lake, cfg, landing, new_day, cfg.synthetic.days - 1)
+    build_features(spark, lake, cfg)
+
+    name = f"cat{cfg.synthetic.categories + 1:02d}"
+    category = int(lake.read(CATEGORY_INDEX).where(f"category = '{name}'").first()["category_idx"])
+    events = train_events(lake, [category])[category]
+    groups = _test_groups(lake, category, cfg.features.history_length)
+    counts = lake.read(ITEM_FEATURES).select("item_idx", "train_count").toPandas()
+    train_count = np.zeros(int(counts["item_idx"].max()) + 1)
+    train_count[counts["item_idx"].to_numpy()] = counts["train_count"].to_numpy()
+    print(json.dumps({"new_category": name, "train_interactions": events, "test_groups": groups.groups,
+                      "base_model": base.model_version, "base_train_seconds": round(base_seconds, 1)}), flush=True)
+
+    rows = [("a  served today: popularity fallback", _ndcg(_Popularity(train_count), groups), 0.0)]
+    zero = cfg.model_copy(update={"batch": cfg.batch.model_copy(update={"few_shot_steps": 0})})
+    clock = time.perf_counter()
+    init = run_few_shot(lake, zero, few_shot_plan(lake, zero, base, [name]))
+    rows.append(("a' nearest-heads init, no fine-tune", _ndcg(load_run_model(lake, model_run(lake, init.model_version)),
+                                                             groups), time.perf_counter() - clock))
+    clock = time.perf_counter()
+    few = run_few_shot(lake, cfg, few_shot_plan(lake, cfg, base, [name]))
+    seconds = time.perf_counter() - clock
+    rows.append((f"b  few-shot ({args.steps} steps)",
+                 _ndcg(load_run_model(lake, model_run(lake, few.model_version)), groups), seconds))
+    clock = time.perf_counter()
+    full = run_training(cfg, lake)
+    seconds = time.perf_counter() - clock
+    rows.append(("c  full retrain", _ndcg(load_run_model(lake, model_run(lake, full.spec.model_version)), groups),
+                 seconds))
+    for label, value, secs in rows:
+        print(json.dumps({"system": label, f"ndcg@{K}": round(value, 4), "groups": groups.groups,
+                          "seconds": round(secs, 1)}), flush=True)
+    print(f"\nnew category {name}: {events} train interactions, {groups.groups} test groups; "
+          f"neighbours {few.neighbours}, fit {few.metrics.get('few_shot_fit_seconds', 0):.1f} s")
+    print(f"| system | NDCG@{K} | wall s |\n|---|---:|---:|")
+    for label, value, secs in rows:
+        print(f"| {label} | {value:.4f} | {secs:.1f} |")
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""The nightly's few-shot path: a new category with few train events adapts the trained model.
+
+When the category index gained categories since the latest fully trained model and each has
+at most ``batch.few_shot_max_events`` train interactions (and ``batch.few_shot`` is on), the
+nightly does not retrain everything. It loads that model, appends each new category with a
+head initialised from its ``batch.few_shot_neighbours`` nearest trained categories by
+silver.category_transfer, fits only the new categories' parameters on their rows of
+silver.training_examples (:mod:`xrec_spark.model.few_shot`), and saves the result as a new
+model version: a checkpoint and a gold.runs row whose params name its parent, so the
+embeddings and candidates steps use it like any trained model.
+
+A few-shot version always starts from the fully trained model (the parent), never from an
+earlier few-shot version: the next nights refit the head from the parent on the category's
+grown events, until the category passes the threshold or the schedule or drift retrains
+everything. The fine-tune runs in this (driver) process: a few hundred examples fit in
+seconds, less than starting DDP ranks would take.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+from pyspark.sql import functions as F
+
+from xrec_spark.config import InferenceDevice, JobConfig
+from xrec_spark.lineage import ModelRun, digest, model_run
+from xrec_spark.tables import (
+    CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, ITEM_FEATURES, RUNS, TRAINING_EXAMPLES, Lakehouse)
+
+log = logging.getLogger(__name__)
+
+KIND = "few_shot"   # params.kind of a few-shot row in gold.runs
+# Bumped when the few-shot code changes what the same parent, settings and inputs produce.
+FEW_SHOT_LOGIC_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FewShotPlan:
+    """The new categories to adapt ``parent`` to: ``{category_idx: train interactions}``, and
+    their natural ids."""
+
+    parent: ModelRun
+    events: dict[int, int]
+    names: dict[int, str]
+
+
+@dataclass(frozen=True)
+class FewShotReport:
+    """A few-shot version: its gold.runs identity, what it fitted, and whether it was reused."""
+
+    run_id: str
+    model_version: str
+    parent_model_version: str
+    neighbours: dict[int, list[int]]
+    events: dict[int, int]
+    metrics: dict[str, float] = field(default_factory=dict)
+    reused: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        """For the nightly's train marker (JSON)."""
+        return {"parent": self.parent_model_version, "reused": self.reused,
+                "categories": {str(k): {"events": self.events[k], "neighbours": self.neighbours.get(k, [])}
+                               for k in sorted(self.events)},
+                **{k: round(v, 4) for k, v in self.metrics.items()}}
+
+
+def _params(lake: Lakehouse, run_id: str) -> dict[str, Any]:
+    row = lake.read(RUNS).where(F.col("run_id") == run_id).select("params").first()
+    return json.loads(row["params"] or "{}") if row is not None else {}
+
+
+def trained_parent(lake: Lakehouse, latest: ModelRun) -> ModelRun:
+    """The fully trained model behind ``latest``: its parent when ``latest`` is a few-shot
+    version, else ``latest`` itself. Retrain decisions (age, drift, new categories) are taken
+    against it."""
+    params = _params(lake, latest.run_id)
+    if params.get("kind") != KIND:
+        return latest
+    return model_run(lake, params["parent_model_version"])
+
+
+def train_events(lake: Lakehouse, categories: Sequence[int]) -> dict[int, int]:
+    """Train-split rows of silver.interactions per category of ``categories`` (0 when none)."""
+    rows = (lake.read(INTERACTIONS).where((F.col("split") == "train") & F.col("category_idx").isin(list(categories)))
+            .groupBy("category_idx").count().collect())
+    counts = {int(r["category_idx"]): int(r["count"]) for r in rows}
+    return {int(k): counts.get(int(k), 0) for k in categories}
+
+
+def few_shot_plan(lake: Lakehouse, cfg: JobConfig, parent: ModelRun, new_categories: Sequence[str]) -> FewShotPlan | None:
+    """The plan to adapt ``parent`` to ``new_categories`` (natural ids added since its
+    training), or None to retrain: ``batch.few_shot`` off, no new category, or one with more
+    than ``batch.few_shot_max_events`` train interactions."""
+    if not cfg.batch.few_shot or not new_categories:
+        return None
+    rows = lake.read(CATEGORY_INDEX).where(F.col("category").isin(list(new_categories))).collect()
+    names = {int(r["category_idx"]): str(r["category"]) for r in rows}
+    events = train_events(lake, sorted(names))
+    over = {names[k]: n for k, n in events.items() if n > cfg.batch.few_shot_max_events}
+    if over:
+        log.info("few-shot off for this night: %s have more train interactions than batch.few_shot_max_events=%d",
+                 over, cfg.batch.few_shot_max_events)
+        return None
+    return FewShotPlan(parent, events, names)
+
+
+def _device(cfg: JobConfig) -> str:
+    import torch
+
+    if cfg.batch.device is InferenceDevice.CPU:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _run_id(cfg: JobConfig, plan: FewShotPlan, versions: dict[str, int]) -> str:
+    settings = {k: v for k, v in cfg.batch.model_dump(mode="json").items() if k.startswith("few_shot")}
+    return digest({"parent": plan.parent.run_id, "inputs": dict(sorted(versions.items())), "few_shot": settings,
+                   "categories": sorted(plan.events), "logic": FEW_SHOT_LOGIC_VERSION}, 20)
+
+
+def _existing(lake: Lakehouse, run_id: str) -> tuple[str, dict[str, Any]] | None:
+    row = lake.read(RUNS).where(F.col("run_id") == run_id).select("model_version", "params").first()
+    return None if row is None else (row["model_version"], json.loads(row["params"] or "{}"))
+
+
+def run_few_shot(lake: Lakehouse, cfg: JobConfig, plan: FewShotPlan) -> FewShotReport:
+    """Adapt ``plan.parent`` to the plan's categories and register the result (see module
+    docstring); the same parent, settings and input versions give the same run, reused."""
+    from xrec_spark.train.launch import INPUTS
+
+    versions = {k: v for k, v in lake.versions(INPUTS).items() if v is not None}
+    run_id = _run_id(cfg, plan, versions)
+    found = _existing(lake, run_id)
+    if found is not None:
+        version, params = found
+        neighbours = {int(k): v for k, v in params.get("neighbours", {}).items()}
+        return FewShotReport(run_id, version, plan.parent.model_version, neighbours, plan.events, reused=True)
+    started = datetime.now(timezone.utc)
+    model_version = f"m-{run_id[:12]}"
+    path, neighbours, metrics = _adapt_and_save(lake, cfg, plan, versions, run_id, model_version)
+    params = {"kind": KIND, "parent_model_version": plan.parent.model_version, "parent_run_id": plan.parent.run_id,
+              "neighbours": {str(k): v for k, v in neighbours.items()},
+              "events": {str(k): n for k, n in plan.events.items()},
+              "categories": {str(k): name for k, name in plan.names.items()}}
+    row = (run_id, model_version, cfg.fingerprint(), versions, metrics, path, started,
+           datetime.now(timezone.utc), json.dumps(params, sort_keys=True))
+    lake.merge(RUNS, lake.spark.createDataFrame([row], RUNS.schema), update=True, job=KIND)
+    log.info("few-shot %s from %s: categories %s, %s", model_version, plan.parent.model_version, plan.names, metrics)
+    return FewShotReport(run_id, model_version, plan.parent.model_version, neighbours, plan.events, metrics)
+
+
+def _adapt_and_save(lake: Lakehouse, cfg: JobConfig, plan: FewShotPlan, versions: dict[str, int], run_id: str,
+                    model_version: str) -> tuple[str, dict[int, list[int]], dict[str, float]]:
+    """Load the parent, add and fit the new heads, save the checkpoint; returns (its path, the
+    neighbours used, metrics)."""
+    from xrec_spark.model import save_model
+    from xrec_spark.model.few_shot import FewShotSettings, add_categories, fine_tune_categories
+    from xrec_spark.train.launch import checkpoint_root
+
+    clock = time.perf_counter()
+    model = load_run_model(lake, plan.parent, versions[ITEM_FEATURES.qualified]).to(_device(cfg))
+    targets = sorted(plan.events)
+    used = add_categories(model, nearest_categories(lake, versions, targets, model.sizes.n_categories,
+                                                    cfg.batch.few_shot_neighbours))
+    examples = category_examples(lake, versions[TRAINING_EXAMPLES.qualified], targets)
+    b = cfg.batch
+    settings = FewShotSettings(steps=b.few_shot_steps, lr=b.few_shot_lr, batch_size=b.few_shot_batch_size,
+                               seed=cfg.train.seed, grad_clip=cfg.train.grad_clip)
+    fit = fine_tune_categories(model, examples, targets, settings)
+    path = checkpoint_root(cfg, lake) / run_id / "model.pt"
+    save_model(path, model.cpu(), {"model_version": model_version, "run_id": run_id, "kind": KIND,
+                                   "parent_model_version": plan.parent.model_version, "input_versions": versions})
+    metrics = {"few_shot_steps": float(fit.steps), "few_shot_examples": float(fit.examples),
+               "few_shot_fit_seconds": fit.seconds, "few_shot_seconds": time.perf_counter() - clock}
+    if fit.steps:
+        metrics.update(few_shot_first_loss=fit.first_loss, final_loss=fit.final_loss)
+    return str(path), used, metrics
+
+
+def load_run_model(lake: Lakehouse, run: ModelRun, features_version: int | None = None) -> Any:
+    """``run``'s model (eval mode, CPU) on the item content of silver.item_features at
+    ``features_version`` (None: latest), items added since its training included."""
+    from xrec_spark.config import ModelConfig
+    from xrec_spark.model import ItemContent, load_model
+    from xrec_spark.model.checkpoint import read_checkpoint
+    from xrec_spark.model.content import ITEM_FEATURE_COLUMNS
+
+    frame = lake.read(ITEM_FEATURES, features_version).select(*ITEM_FEATURE_COLUMNS).toArrow().to_pandas()
+    _, meta = read_checkpoint(run.checkpoint_path)
+    n_items = max(int(frame["item_idx"].max()), int(meta["sizes"]["n_items"]))
+    content = ItemContent.from_frame(frame, ModelConfig.model_validate(meta["model_config"]), n_items)
+    model, _ = load_model(run.checkpoint_path, content)
+    return model
+
+
+def category_examples(lake: Lakehouse, version: int | None, categories: Sequence[int]) -> dict[str, Any]:
+    """The rows of silver.training_examples (at ``version``) in ``categories`` as tensors:
+    user_idx, item_idx, category_idx long ``[N]``, history long ``[N, L]``, label, weight float ``[N]``."""
+    import numpy as np
+    import torch
+
+    frame = (lake.read(TRAINING_EXAMPLES, version).where(F.col("category_idx").isin([int(k) for k in categories]))
+             .orderBy(*TRAINING_EXAMPLES.schema.fieldNames()).toPandas())   # fixed order: same seed, same fit
+    out = {c: torch.as_tensor(frame[c].to_numpy(np.int64)) for c in ("user_idx", "item_idx", "category_idx")}
+    width = len(frame["history"].iloc[0]) if len(frame) else 0
+    history = np.stack([np.asarray(h, dtype=np.int64) for h in frame["history"]]) if len(frame) else np.zeros((0, width))
+    out["history"] = torch.as_tensor(history.astype(np.int64))
+    for c in ("label", "weight"):
+        out[c] = torch.as_tensor(frame[c].to_numpy(np.float32))
+    return out
+
+
+def nearest_categories(lake: Lakehouse, versions: dict[str, int], targets: list[int], trained: int,
+                       top_n: int) -> dict[int, list[int]]:
+    """Each target's ``top_n`` trained categories (1..``trained``) by silver.category_transfer
+    lift; ``[]`` without transfer evidence (the head then starts from every trained one)."""
+    from xrec_spark.model.transfer import choose_sources
+
+    if CATEGORY_TRANSFER.qualified not in versions:
+        return {k: [] for k in targets}
+    transfer = (lake.read(CATEGORY_TRANSFER, versions[CATEGORY_TRANSFER.qualified])
+                .where(F.col("src_category_idx") <= trained).toPandas())
+    return choose_sources(transfer, targets, top_n)
