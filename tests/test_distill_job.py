@@ -16,7 +16,7 @@ from xrec_spark.config import ServedModel
 from train_tables import SMALL_MODEL, write_silver
 from xrec_spark.batch.export import export_embeddings
 from xrec_spark.batch.generate import generate_candidates
-from xrec_spark.lineage import NoModelError, model_run
+from xrec_spark.lineage import NoModelError, model_run, student_of
 from xrec_spark.model.checkpoint import read_checkpoint
 from xrec_spark.tables import (
     CANDIDATES, INTERACTIONS, ITEM_EMBEDDINGS, RUNS, USER_CATEGORY_AFFINITY, USER_EMBEDDINGS, Lakehouse)
@@ -117,3 +117,20 @@ def test_other_distillation_settings_reuse_the_trained_teacher(distilled):
     assert rows[report.spec.run_id]["finished_at"] == teacher_row["finished_at"]   # the teacher's row is kept
     assert {report.spec.student_run_id, second.spec.student_run_id} <= set(rows)
     assert run_training(again, lake).reused                          # and now nothing is left to do
+
+
+def test_the_nightly_serves_the_student_of_the_model_in_use_with_batch_model_student(distilled):
+    from xrec_spark.pipeline.nightly import _Night
+
+    lake, cfg, report = distilled
+    teacher = report.result.model_version
+    latest = model_run(lake, role="student").model_version   # the module's tests distilled it twice
+    assert student_of(lake, teacher) == latest
+    assert student_of(lake, "m-unknown") is None
+    served = cfg.model_copy(update={"batch": cfg.batch.model_copy(update={"model": ServedModel.STUDENT})})
+    night = _Night(lake, served, date(2024, 2, 1))
+    night.model_version = teacher
+    assert night._served("embeddings") == night._served("candidates") == latest
+    assert night._served("train") == teacher                    # the retrain decision is about the model itself
+    night.model_version = "m-unknown"                           # e.g. a few-shot version: no student
+    assert night._served("embeddings") == "m-unknown"

@@ -185,6 +185,16 @@ def model_run(lake: Lakehouse, model_version: str | None = None, role: str = "te
                     dict(row["input_versions"] or {}))
 
 
+def student_of(lake: Lakehouse, model_version: str) -> str | None:
+    """model_version of the latest student distilled from ``model_version``, or None."""
+    if not lake.exists(RUNS):
+        return None
+    row = (lake.read(RUNS).where((F.get_json_object("params", "$.role") == "student")
+                                 & (F.get_json_object("params", "$.parent_model_version") == model_version))
+           .orderBy(F.col("finished_at").desc(), F.col("run_id").desc()).select("model_version").first())
+    return None if row is None else row["model_version"]
+
+
 def latest_model_version(lake: Lakehouse, role: str = "teacher") -> str | None:
     """model_version of the most recently finished run of ``role``, or None when there is none."""
     try:

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Callable
 
-from xrec_spark.config import JobConfig
+from xrec_spark.config import JobConfig, ServedModel
 from xrec_spark.ingest.readers import list_source_files
-from xrec_spark.lineage import JobRun, ModelRun, NoModelError, model_run
+from xrec_spark.lineage import JobRun, ModelRun, NoModelError, model_run, student_of
 from xrec_spark.pipeline.drift import categories_added_since, new_events_since, retrain_reason
 from xrec_spark.pipeline.few_shot import few_shot_plan, run_few_shot, trained_parent
 from xrec_spark.pipeline.stages import Context, stage
@@ -111,7 +111,7 @@ class _Night:
         if step == "train":
             latest = self._latest()
             return {**versions, **_model_key(latest.model_version if latest else None)}
-        return {**versions, **_model_key(self.model_version)} if step in _MODEL_STEPS else versions
+        return {**versions, **_model_key(self._served(step))} if step in _MODEL_STEPS else versions
 
     def _source_files(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -132,7 +132,20 @@ class _Night:
 
     def _run(self, step: str) -> Any:
         """The registered stage ``step`` on the day's config with the model in use."""
-        return stage(step).run(Context(self.lake, self.cfg, self.run_date, self.model_version)).result
+        return stage(step).run(Context(self.lake, self.cfg, self.run_date, self._served(step))).result
+
+    def _served(self, step: str) -> str | None:
+        """The model a step uses: the one in use, or for the export and candidates with
+        ``batch.model=student`` its distilled student (the model itself when it has none, e.g. a
+        few-shot version: said in the log)."""
+        if step not in ("embeddings", "candidates") or self.cfg.batch.model is not ServedModel.STUDENT \
+                or self.model_version is None:
+            return self.model_version
+        student = student_of(self.lake, self.model_version)
+        if student is None:
+            log.warning("batch.model=student but model %s has no distilled student (train with "
+                        "model.distill=true); the %s step serves the model itself", self.model_version, step)
+        return student or self.model_version
 
     # ----------------------------------------------------------------- the steps
 
