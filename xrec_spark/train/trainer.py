@@ -155,7 +155,9 @@ class Trainer:
                         "the current epoch restarts from its first step", state.get("world_size"),
                         self.info.world_size)
             pos.step, pos.loss_sum, pos.rows, pos.seconds = 0, 0.0, 0.0, 0.0
-        if self.info.is_zero:
+        if self.info.is_zero and prog.finished:   # e.g. only a new distilled student is wanted
+            log.info("run %s finished training earlier: its checkpoint is loaded, no epoch runs", self.spec.run_id)
+        elif self.info.is_zero:
             log.info("resuming run %s from its checkpoint at phase %d epoch %d step %d (global step %d)",
                      self.spec.run_id, pos.phase, pos.epoch, pos.step, pos.global_step)
         return pos, prog, state
