@@ -79,20 +79,14 @@ class ModelHandle:
     def _load(self) -> Any:
         import torch
 
-        from xrec_spark.config import ModelConfig
-        from xrec_spark.model import ItemContent, load_model
-        from xrec_spark.model.checkpoint import read_checkpoint
+        from xrec_spark.model.checkpoint import load_model_on_items
 
         torch.set_num_threads(max(1, self.threads))
         frame: pd.DataFrame = self.content.value
         with tempfile.TemporaryDirectory(prefix="xrec-model-") as tmp:
             path = Path(tmp) / "model.pt"
             path.write_bytes(self.checkpoint.value)
-            _, meta = read_checkpoint(path)
-            model_cfg = ModelConfig.model_validate(meta["model_config"])
-            n_items = max(int(frame["item_idx"].max()) if len(frame) else 0, int(meta["sizes"]["n_items"]))
-            content = ItemContent.from_frame(frame, model_cfg, n_items)
-            model, _ = load_model(path, content)
+            model, _ = load_model_on_items(path, frame)
         return model.to(self.device).eval()
 
 

@@ -15,7 +15,7 @@ import tempfile
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from pydantic import ValidationError
@@ -23,6 +23,9 @@ from pydantic import ValidationError
 from xrec_spark.config import ContentEncoderKind, ModelConfig
 from xrec_spark.model.content import ItemContent
 from xrec_spark.model.towers import CrossCategoryModel, ModelSizes
+
+if TYPE_CHECKING:
+    import pandas
 
 FORMAT = "xrec-model/1"
 
@@ -98,6 +101,19 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if meta.get("format") != FORMAT:
         raise CheckpointMismatchError(f"checkpoint {file} has format {meta.get('format')!r}, expected {FORMAT}")
     return state, meta
+
+
+def load_model_on_items(path: str | Path, frame: "pandas.DataFrame") -> tuple[CrossCategoryModel, dict]:
+    """The model saved at ``path`` on the item content of ``frame`` (rows of
+    silver.item_features, see :meth:`ItemContent.from_frame`), items added after its training
+    included (scored from their content); returns (model in eval mode, meta)."""
+    _, meta = read_checkpoint(path)
+    n_items = max(int(frame["item_idx"].max()) if len(frame) else 0, int(meta["sizes"]["n_items"]))
+    try:
+        cfg = ModelConfig.model_validate(meta["model_config"])
+    except (KeyError, TypeError, ValidationError) as e:
+        raise CheckpointMismatchError(f"checkpoint {path}: invalid model_config in its meta: {e}") from e
+    return load_model(path, ItemContent.from_frame(frame, cfg, n_items))
 
 
 def _config_diff(stored: ModelConfig, expect: ModelConfig) -> list[str]:

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from pyspark.sql import functions as F
 
-from xrec_spark.config import InferenceDevice, JobConfig
+from xrec_spark.config import JobConfig
 from xrec_spark.lineage import ModelRun, digest, model_run
 from xrec_spark.tables import (
     CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, ITEM_FEATURES, RUNS, TRAINING_EXAMPLES, Lakehouse)
@@ -110,11 +110,12 @@ def few_shot_plan(lake: Lakehouse, cfg: JobConfig, parent: ModelRun, new_categor
 
 
 def _device(cfg: JobConfig) -> str:
+    """The export's device choice (``batch.device``), on this process: CPU when it sees no GPU."""
     import torch
 
-    if cfg.batch.device is InferenceDevice.CPU:
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    from xrec_spark.batch.export import export_device
+
+    return export_device(cfg) if torch.cuda.is_available() else "cpu"
 
 
 def _run_id(cfg: JobConfig, plan: FewShotPlan, versions: dict[str, int]) -> str:
@@ -185,17 +186,11 @@ def _adapt_and_save(lake: Lakehouse, cfg: JobConfig, plan: FewShotPlan, versions
 def load_run_model(lake: Lakehouse, run: ModelRun, features_version: int | None = None) -> Any:
     """``run``'s model (eval mode, CPU) on the item content of silver.item_features at
     ``features_version`` (None: latest), items added since its training included."""
-    from xrec_spark.config import ModelConfig
-    from xrec_spark.model import ItemContent, load_model
-    from xrec_spark.model.checkpoint import read_checkpoint
+    from xrec_spark.model.checkpoint import load_model_on_items
     from xrec_spark.model.content import ITEM_FEATURE_COLUMNS
 
     frame = lake.read(ITEM_FEATURES, features_version).select(*ITEM_FEATURE_COLUMNS).toArrow().to_pandas()
-    _, meta = read_checkpoint(run.checkpoint_path)
-    n_items = max(int(frame["item_idx"].max()), int(meta["sizes"]["n_items"]))
-    content = ItemContent.from_frame(frame, ModelConfig.model_validate(meta["model_config"]), n_items)
-    model, _ = load_model(run.checkpoint_path, content)
-    return model
+    return load_model_on_items(run.checkpoint_path, frame)[0]
 
 
 def category_examples(lake: Lakehouse, version: int | None, categories: Sequence[int]) -> dict[str, Any]:
