@@ -185,6 +185,14 @@ def model_run(lake: Lakehouse, model_version: str | None = None, role: str = "te
                     dict(row["input_versions"] or {}))
 
 
+def run_params(lake: Lakehouse, run_id: str) -> tuple[str, dict[str, Any]] | None:
+    """(model_version, params as a dict) of gold.runs row ``run_id``; None when there is none."""
+    if not lake.exists(RUNS):
+        return None
+    row = lake.read(RUNS).where(F.col("run_id") == run_id).select("model_version", "params").first()
+    return None if row is None else (row["model_version"], json.loads(row["params"] or "{}"))
+
+
 def student_of(lake: Lakehouse, model_version: str) -> str | None:
     """model_version of the latest student distilled from ``model_version``, or None."""
     if not lake.exists(RUNS):
@@ -195,9 +203,9 @@ def student_of(lake: Lakehouse, model_version: str) -> str | None:
     return None if row is None else row["model_version"]
 
 
-def latest_model_version(lake: Lakehouse, role: str = "teacher") -> str | None:
-    """model_version of the most recently finished run of ``role``, or None when there is none."""
+def latest_model_version(lake: Lakehouse) -> str | None:
+    """model_version of the most recently finished run, or None when there is none."""
     try:
-        return model_run(lake, role=role).model_version
+        return model_run(lake).model_version
     except NoModelError:
         return None

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from pyspark.sql import functions as F
 
 from xrec_spark.config import JobConfig
-from xrec_spark.lineage import ModelRun, digest, model_run
+from xrec_spark.lineage import ModelRun, digest, model_run, run_params
 from xrec_spark.tables import (
     CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, ITEM_FEATURES, RUNS, TRAINING_EXAMPLES, Lakehouse)
 
@@ -69,16 +69,12 @@ class FewShotReport:
                 **{k: round(v, 4) for k, v in self.metrics.items()}}
 
 
-def _params(lake: Lakehouse, run_id: str) -> dict[str, Any]:
-    row = lake.read(RUNS).where(F.col("run_id") == run_id).select("params").first()
-    return json.loads(row["params"] or "{}") if row is not None else {}
-
-
 def trained_parent(lake: Lakehouse, latest: ModelRun) -> ModelRun:
     """The fully trained model behind ``latest``: its parent when ``latest`` is a few-shot
     version, else ``latest`` itself. Retrain decisions (age, drift, new categories) are taken
     against it."""
-    params = _params(lake, latest.run_id)
+    found = run_params(lake, latest.run_id)
+    params = found[1] if found is not None else {}
     if params.get("kind") != KIND:
         return latest
     return model_run(lake, params["parent_model_version"])
@@ -124,11 +120,6 @@ def _run_id(cfg: JobConfig, plan: FewShotPlan, versions: dict[str, int]) -> str:
                    "categories": sorted(plan.events), "logic": FEW_SHOT_LOGIC_VERSION}, 20)
 
 
-def _existing(lake: Lakehouse, run_id: str) -> tuple[str, dict[str, Any]] | None:
-    row = lake.read(RUNS).where(F.col("run_id") == run_id).select("model_version", "params").first()
-    return None if row is None else (row["model_version"], json.loads(row["params"] or "{}"))
-
-
 def run_few_shot(lake: Lakehouse, cfg: JobConfig, plan: FewShotPlan) -> FewShotReport:
     """Adapt ``plan.parent`` to the plan's categories and register the result (see module
     docstring); the same parent, settings and input versions give the same run, reused."""
@@ -136,7 +127,7 @@ def run_few_shot(lake: Lakehouse, cfg: JobConfig, plan: FewShotPlan) -> FewShotR
 
     versions = {k: v for k, v in lake.versions(INPUTS).items() if v is not None}
     run_id = _run_id(cfg, plan, versions)
-    found = _existing(lake, run_id)
+    found = run_params(lake, run_id)
     if found is not None:
         version, params = found
         neighbours = {int(k): v for k, v in params.get("neighbours", {}).items()}

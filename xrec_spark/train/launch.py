@@ -22,7 +22,7 @@ from pyspark.errors import PySparkException
 from pyspark.sql import functions as F
 
 from xrec_spark.config import JobConfig, TaskWeighting, WeightAverageKind
-from xrec_spark.lineage import JobRun, digest
+from xrec_spark.lineage import JobRun, digest, run_params
 from xrec_spark.tables import (
     CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, ITEM_FEATURES, ITEM_INDEX, RUNS, TRAINING_EXAMPLES,
     USER_HISTORY, USER_INDEX, Lakehouse, TableNotFoundError, TableSpec)
@@ -266,20 +266,14 @@ def finished_run(lake: Lakehouse, spec: TrainSpec) -> TrainingReport | None:
     """The report of this run when it already completed: its result file and its gold.runs row
     both exist. Re-running the job on unchanged inputs then launches nothing and writes nothing."""
     paths = RunPaths.of(spec.run_dir)
-    if not (paths.result.exists() and paths.model.exists() and lake.exists(RUNS)):
+    found = run_params(lake, spec.run_id) if paths.result.exists() and paths.model.exists() else None
+    if found is None:
         return None
-    row = lake.read(RUNS).where(F.col("run_id") == spec.run_id).select("params").first()
-    if row is None:
-        return None
-    params = json.loads(row["params"] or "{}")
+    params = found[1]
     log.info("run %s already finished (result %s); reusing it", spec.run_id, paths.result)
     return TrainingReport(result=TrainResult.read(paths.result), spec=spec,
                           tracking_uri=params.get("tracking_uri", ""), mlflow_run_id=params.get("mlflow_run_id", ""),
                           runs_table=lake.path(RUNS), runs_version=lake.version(RUNS) or 0, reused=True)
-
-
-def _has_run(lake: Lakehouse, run_id: str) -> bool:
-    return lake.exists(RUNS) and lake.read(RUNS).where(F.col("run_id") == run_id).limit(1).count() > 0
 
 
 def run_training(cfg: JobConfig, lake: Lakehouse, resume: ResumeMode = "auto",
@@ -294,7 +288,7 @@ def run_training(cfg: JobConfig, lake: Lakehouse, resume: ResumeMode = "auto",
     teacher_done = False
     if resume == "auto":
         finished = finished_run(lake, spec)
-        if finished is not None and not (cfg.model.distill and not _has_run(lake, spec.student_run_id)):
+        if finished is not None and not (cfg.model.distill and run_params(lake, spec.student_run_id) is None):
             return finished
         # A finished teacher without this student: the ranks reload the teacher from its
         # checkpoint (no epoch runs) and fit only the student.
