@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from xrec_spark.config import JobConfig, ModelConfig
 from xrec_spark.model.checkpoint import read_checkpoint, save_model
 from xrec_spark.model.distill import Pool, distillation_loss, make_student
-from xrec_spark.model.losses import uniform_subset
+from xrec_spark.model.losses import Catalogue, uniform_subset
 from xrec_spark.model.towers import CrossCategoryModel
 from xrec_spark.train import ranks
 from xrec_spark.train.batching import batches, mix_seed, prefetched, steps_for, to_tensors
@@ -52,10 +52,8 @@ class StudentObjective(nn.Module):
         # Plain attributes, not buffers: DDP must not broadcast them (identical on every rank).
         self.teacher_items = teacher_items
         self.item_category = item_category
-        real = torch.arange(item_category.shape[0]) >= 1
-        self.by_category = {int(k): torch.nonzero(real & (item_category == k)).squeeze(1)
-                            for k in torch.unique(item_category[real]).tolist()}
-        self.generator = torch.Generator().manual_seed(seed)
+        # The items of each category and the seeded generator of the pools (popularity unused).
+        self.catalogue = Catalogue(item_category, torch.zeros_like(item_category), seed)
 
     @torch.no_grad()
     def draw(self, category_idx: Tensor, teacher_u: Tensor) -> Tensor:
@@ -63,11 +61,11 @@ class StudentObjective(nn.Module):
         top ``distill_top`` of it for each of the batch's users there (distinct ids)."""
         picks = []
         for k in torch.unique(category_idx).tolist():
-            items = self.by_category.get(int(k))
-            if items is None or items.numel() == 0:
+            items = self.catalogue.items(int(k))
+            if items.numel() == 0:
                 continue
             if self.mc.distill_pool:
-                picks.append(items[uniform_subset(items.numel(), self.mc.distill_pool, self.generator)])
+                picks.append(items[uniform_subset(items.numel(), self.mc.distill_pool, self.catalogue.generator)])
             if self.mc.distill_top:
                 on = items.to(teacher_u.device)
                 scores = teacher_u[category_idx == k] @ self.teacher_items[on].T

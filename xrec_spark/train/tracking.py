@@ -163,20 +163,21 @@ def write_runs_row(lake: Lakehouse, spec: TrainSpec, result: TrainResult, config
     ``parent_model_version`` in params). Returns the table's new version."""
     params = {"run_dir": result.run_dir, "world_size": result.world_size, "best_at": result.best_at,
               "target_categories": list(spec.target_categories), "role": ServedModel.TEACHER.value, **extra}
-    rows = [(spec.run_id, spec.model_version, config_hash, dict(spec.input_versions()),
-             {k: float(v) for k, v in result.metrics.items()}, result.model_path, started, finished,
-             json.dumps(params, sort_keys=True))]
     if result.student is not None:
-        rows[0] = (*rows[0][:-1], json.dumps({**params, "student_model_version": spec.student_version},
-                                             sort_keys=True))
+        params["student_model_version"] = spec.student_version
+
+    def row(run_id: str, version: str, metrics: Mapping[str, float], path: str, body: Mapping[str, Any]) -> tuple:
+        return (run_id, version, config_hash, dict(spec.input_versions()), {k: float(v) for k, v in metrics.items()},
+                path, started, finished, json.dumps(body, sort_keys=True))
+
+    rows = [row(spec.run_id, spec.model_version, result.metrics, result.model_path, params)] if teacher else []
+    if result.student is not None:
         student = {"run_dir": result.run_dir, "world_size": result.world_size,
                    "target_categories": list(spec.target_categories), "role": ServedModel.STUDENT.value,
                    "parent_model_version": spec.model_version, "parent_run_id": spec.run_id,
                    "mlflow_run_id": extra.get("student_mlflow_run_id"), "tracking_uri": extra.get("tracking_uri")}
-        rows.append((spec.student_run_id, spec.student_version, config_hash, dict(spec.input_versions()),
-                     {k: float(v) for k, v in result.student["metrics"].items()}, result.student["model_path"],
-                     started, finished, json.dumps(student, sort_keys=True)))
-    rows = rows if teacher else rows[1:]
+        rows.append(row(spec.student_run_id, spec.student_version, result.student["metrics"],
+                        result.student["model_path"], student))
     lake.merge(RUNS, lake.spark.createDataFrame(rows, RUNS.schema), update=True, job="train")
     version = lake.version(RUNS)
     return -1 if version is None else version
