@@ -49,6 +49,12 @@ def test_new_categories_come_first_among_retrain_reasons():
     assert retrain_reason(datetime(2024, 3, 1), date(2024, 3, 2), 0.0, cfg, []) is None
 
 
+def test_a_drift_retrain_on_a_new_category_night_names_both():
+    # Drift forces the full retrain (no few-shot head): the reason must not blame the category alone.
+    got = retrain_reason(datetime(2024, 3, 1), date(2024, 3, 2), 0.3, BatchConfig(drift_threshold=0.2), ["cat05"])
+    assert got.startswith("new categories: cat05") and "; drift: 0.300" in got
+
+
 def test_categories_added_since_the_model_inputs(spark, tmp_path):
     from xrec_spark.pipeline.drift import categories_added_since
     from xrec_spark.tables import CATEGORY_INDEX, Lakehouse

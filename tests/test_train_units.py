@@ -17,7 +17,7 @@ from xrec_spark.train.checkpoints import RunPaths, atomic_write, load_state, sav
 from xrec_spark.train.ddp import RecordedFailure
 from xrec_spark.train.launch import failure_message, rank_errors, run_id_for
 from xrec_spark.train.spec import InputTable, Sizes, TrainSpec
-from xrec_spark.train.optim import warmup_cosine
+from xrec_spark.train.optim import Optimizers, warmup_cosine
 from xrec_spark.train.validation import build_validation, slice_means, validation_ndcg
 
 
@@ -108,6 +108,24 @@ def test_warmup_cosine_schedule():
     assert f(10) == pytest.approx(1.0)
     assert f(105) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 95 / 190)))
     assert f(200) == pytest.approx(0.1)
+
+
+def test_dense_adamw_takes_the_fused_kernel_and_steps_like_the_plain_one():
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"lin": nn.Linear(3, 2), "emb": nn.Embedding(4, 2, sparse=True)})
+    opt = Optimizers([{"params": list(model.parameters()), "lr": 0.1}], {id(model["emb"].weight)}, set(),
+                     weight_decay=0.01)
+    (model["lin"](torch.ones(1, 3)).sum() + model["emb"](torch.tensor([1])).sum()).backward()
+    for part in opt.parts:
+        part.step()
+    assert opt.parts[0].defaults["fused"] and isinstance(opt.parts[1], torch.optim.SparseAdam)
+    # The same update as AdamW without the fused kernel.
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 2)
+    plain = torch.optim.AdamW(lin.parameters(), lr=0.1, weight_decay=0.01, fused=False)
+    lin(torch.ones(1, 3)).sum().backward()
+    plain.step()
+    assert torch.allclose(model["lin"].weight, lin.weight, atol=1e-6)
 
 
 def _averaged_pair(**cfg) -> tuple[nn.Module, WeightAverage]:

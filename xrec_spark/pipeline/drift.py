@@ -39,23 +39,25 @@ def categories_added_since(lake: Lakehouse, model_inputs: dict[str, int]) -> lis
 
 def retrain_reason(model_finished: datetime, run_date: date, drift: float, batch: BatchConfig,
                    new_categories: Sequence[str] = ()) -> str | None:
-    """Why to retrain for ``run_date`` ("new categories" / "schedule" / "drift"), or None to
-    reuse the model.
+    """Why to retrain for ``run_date`` ("new categories" / "schedule" / "drift"; every one that
+    applies, joined by "; "), or None to reuse the model.
 
     New categories: the category index gained categories since the model was trained; the
     model has no parameters for them (no task head, no category embedding), so it cannot rank
     them until it is retrained, or adapted: with ``batch.few_shot`` the nightly gives a new
-    category with few train events a head of its own instead (:mod:`xrec_spark.pipeline.few_shot`).
+    category with few train events a head of its own instead (:mod:`xrec_spark.pipeline.few_shot`),
+    unless the schedule or drift calls for a full retrain anyway, which the reason then names.
 
     Schedule: the run date is ``batch.retrain_every_days`` or more days after the day the model
     finished (0 turns the schedule off). Drift: new events / events the model saw
     >= ``batch.drift_threshold``.
     """
+    reasons = []
     if new_categories:
-        return f"new categories: {', '.join(new_categories)} (the model has no parameters for them)"
+        reasons.append(f"new categories: {', '.join(new_categories)} (the model has no parameters for them)")
     age_days = (run_date - model_finished.date()).days
     if batch.retrain_every_days and age_days >= batch.retrain_every_days:
-        return f"schedule: model is {age_days} days old (batch.retrain_every_days={batch.retrain_every_days})"
+        reasons.append(f"schedule: model is {age_days} days old (batch.retrain_every_days={batch.retrain_every_days})")
     if drift >= batch.drift_threshold:
-        return f"drift: {drift:.3f} new events per event seen (batch.drift_threshold={batch.drift_threshold})"
-    return None
+        reasons.append(f"drift: {drift:.3f} new events per event seen (batch.drift_threshold={batch.drift_threshold})")
+    return "; ".join(reasons) or None
