@@ -2,7 +2,9 @@ from pyspark.sql import functions as F
 
 from xrec_spark.config import DeltaJars
 from xrec_spark.session import DELTA_EXTENSION, session_conf
-from xrec_spark.tables import ALL_TABLES, BRONZE_QUARANTINE, TableNotFoundError, table
+from delta.tables import DeltaTable
+
+from xrec_spark.tables import ALL_TABLES, BRONZE_QUARANTINE, TableNotFoundError, latest_commit, table
 
 import pytest
 
@@ -50,6 +52,17 @@ def test_merge_is_idempotent_and_versions_advance(spark, lakehouse):
     assert lakehouse.read(BRONZE_QUARANTINE).count() == 3
     assert lakehouse.version(BRONZE_QUARANTINE) == 1  # create, merge; the no-op merge commits nothing
     assert lakehouse.read(BRONZE_QUARANTINE, version=0).count() == 0
+
+
+def test_version_from_the_log_listing_matches_history_past_a_checkpoint(spark, lakehouse):
+    lakehouse.create_if_missing(BRONZE_QUARANTINE)
+    path = lakehouse.path(BRONZE_QUARANTINE)
+    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.checkpointInterval' = '2')")
+    for raw in "abcd":   # commits 2..5, with checkpoint files beside the commit files
+        lakehouse.merge(BRONZE_QUARANTINE, _quarantine_rows(spark, [raw]), keys=["raw"], update=False)
+    history = DeltaTable.forPath(spark, path).history(1).select("version").first()["version"]
+    assert lakehouse.version(BRONZE_QUARANTINE) == latest_commit(spark, path) == history == 5
+    assert latest_commit(spark, f"{lakehouse.root}/no/such/table") is None
 
 
 def test_arrays_with_nullable_elements_are_written_or_refused_by_content(spark, lakehouse):

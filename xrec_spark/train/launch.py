@@ -293,11 +293,14 @@ def run_training(cfg: JobConfig, lake: Lakehouse, resume: ResumeMode = "auto",
         # A finished teacher without this student: the ranks reload the teacher from its
         # checkpoint (no epoch runs) and fit only the student.
         teacher_done = finished is not None
+    store = tracking.open_store_in_background(uri)
     try:
         result = launch(spec, cfg)
     except TrainingFailedError as e:
+        store.join()
         tracking.log_mlflow_failure(uri, spec, str(e))
         raise
+    store.join()
     mlflow_id = tracking.log_mlflow(uri, spec, result)
     extra = {"mlflow_run_id": mlflow_id, "tracking_uri": uri}
     if result.student is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
@@ -81,6 +82,21 @@ def _experiment_id(client: Any, uri: str) -> str:
     if exp is not None:
         return exp.experiment_id
     return client.create_experiment(EXPERIMENT, artifact_location=_artifact_location(uri))
+
+
+def open_store_in_background(uri: str) -> threading.Thread:
+    """Open the tracking store (a new SQLite store runs MLflow's schema migrations: ~5-8 s on
+    2 cores) and its experiment on a thread while the ranks train; join it before logging.
+    A failure here is left for the logging call to raise with its own message."""
+    def warm() -> None:
+        try:
+            _experiment_id(_client(uri), uri)
+        except Exception as e:   # noqa: BLE001 - reported by the real call after training
+            log.debug("tracking store %s not ready in the background: %s", uri, e)
+
+    thread = threading.Thread(target=warm, name="mlflow-store", daemon=True)
+    thread.start()
+    return thread
 
 
 def log_mlflow(uri: str, spec: TrainSpec, result: TrainResult) -> str:
