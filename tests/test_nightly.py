@@ -284,6 +284,15 @@ def test_few_shot_adapts_the_parent_to_a_new_category_and_registers_a_child(spar
     model = load_run_model(lake, child)
     assert model.sizes.n_categories == 3
     assert read_checkpoint(child.checkpoint_path)[1]["parent_model_version"] == "m-parent"
+    from mlflow.tracking import MlflowClient
+
+    from xrec_spark.lineage import run_params
+    from xrec_spark.train.tracking import tracking_uri
+    logged = run_params(lake, report.run_id)[1]
+    mlflow_run = MlflowClient(tracking_uri(base, lake)).get_run(logged["mlflow_run_id"])
+    assert mlflow_run.info.status == "FINISHED" and mlflow_run.data.params["kind"] == "few_shot"
+    assert mlflow_run.data.tags["xrec.parent_model_version"] == "m-parent"
+    assert mlflow_run.data.metrics["few_shot_steps"] == 5
     adapted = model.state_dict()
     for name, value in load_run_model(lake, parent).state_dict().items():   # the parent's parameters are kept
         assert torch.equal(adapted[name][: value.shape[0]], value), name

@@ -23,6 +23,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Sequence
 
 from pyspark.sql import functions as F
@@ -123,6 +124,7 @@ def _run_id(cfg: JobConfig, plan: FewShotPlan, versions: dict[str, int]) -> str:
 def run_few_shot(lake: Lakehouse, cfg: JobConfig, plan: FewShotPlan) -> FewShotReport:
     """Adapt ``plan.parent`` to the plan's categories and register the result (see module
     docstring); the same parent, settings and input versions give the same run, reused."""
+    from xrec_spark.train import tracking
     from xrec_spark.train.launch import INPUTS
 
     versions = {k: v for k, v in lake.versions(INPUTS).items() if v is not None}
@@ -139,6 +141,14 @@ def run_few_shot(lake: Lakehouse, cfg: JobConfig, plan: FewShotPlan) -> FewShotR
               "neighbours": {str(k): v for k, v in neighbours.items()},
               "events": {str(k): n for k, n in plan.events.items()},
               "categories": {str(k): name for k, name in plan.names.items()}}
+    # Its own MLflow run before its gold.runs row, as a trained model's: nested under the
+    # parent's run (a parent from before tracking, or logged elsewhere, has none to nest under).
+    parent_params = (run_params(lake, plan.parent.run_id) or (None, {}))[1]
+    uri = tracking.tracking_uri(cfg, lake)
+    params["mlflow_run_id"] = tracking.log_mlflow_derived(
+        uri, run_id, model_version, params, metrics, Path(path), plan.parent.model_version,
+        parent_params.get("mlflow_run_id") if parent_params.get("tracking_uri") == uri else None)
+    params["tracking_uri"] = uri
     row = (run_id, model_version, cfg.fingerprint(), versions, metrics, path, started,
            datetime.now(timezone.utc), json.dumps(params, sort_keys=True))
     lake.merge(RUNS, lake.spark.createDataFrame([row], RUNS.schema), update=True, job=KIND)

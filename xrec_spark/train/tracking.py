@@ -117,6 +117,18 @@ def log_mlflow_student(uri: str, spec: TrainSpec, result: TrainResult, parent: s
                          {"mlflow.parentRunId": parent, "xrec.parent_model_version": spec.model_version})
 
 
+def log_mlflow_derived(uri: str, run_id: str, model_version: str, params: Mapping[str, Any],
+                       metrics: Mapping[str, float], checkpoint: Path, parent_model_version: str,
+                       parent_mlflow_run_id: str | None) -> str:
+    """Log a model derived from a trained one in the driver (a few-shot version) as its own MLflow
+    run: its params and metrics and checkpoint, nested under the parent's run when it has one."""
+    flat = {k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v) for k, v in params.items()}
+    tags = {"xrec.parent_model_version": parent_model_version}
+    if parent_mlflow_run_id:
+        tags["mlflow.parentRunId"] = parent_mlflow_run_id
+    return _log_finished(uri, run_id, model_version, flat, [], metrics, [checkpoint], tags)
+
+
 def _log_finished(uri: str, run_id: str, model_version: str, params: Mapping[str, str],
                   history: list[dict[str, Any]], summary: Mapping[str, float], artifacts: list[Path],
                   tags: Mapping[str, str] | None = None) -> str:
