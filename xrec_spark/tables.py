@@ -17,6 +17,7 @@ import re
 import time
 from datetime import datetime
 from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, TypeVar
 from urllib.parse import urlparse
 
@@ -67,6 +68,20 @@ class SchemaMismatchError(ValueError):
 
 _SAFE_LITERAL = re.compile(SAFE_ID_PATTERN)
 _COMMIT_FILE = re.compile(r"^(\d+)\.json$")   # 00000000000000000012.json; not .crc or checkpoints
+
+
+R = TypeVar("R")
+
+
+def each_table(specs: Iterable[TableSpec], fn: Callable[[TableSpec], R], workers: int = 4) -> list[R]:
+    """``[fn(spec) for spec in specs]`` on up to ``workers`` threads, in order: the small Spark
+    jobs of several tables (log replay, file listing, a stats count) then overlap instead of
+    each waiting on its own scheduling."""
+    specs = list(specs)
+    if len(specs) <= 1:
+        return [fn(spec) for spec in specs]
+    with ThreadPoolExecutor(max_workers=min(workers, len(specs)), thread_name_prefix="tables") as pool:
+        return list(pool.map(fn, specs))
 
 
 def latest_commit(spark: SparkSession, table_path: str) -> int | None:
@@ -140,7 +155,6 @@ def _conformed(df: DataFrame, field: T.StructField, spec: TableSpec) -> Column:
 
 # ----------------------------------------------------------------------------------- lakehouse
 
-R = TypeVar("R")
 
 
 # The same conflicts by JVM class name: some Delta paths (creating a table two writers race

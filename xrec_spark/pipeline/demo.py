@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 
 from xrec_spark.config import JobConfig
 from xrec_spark.pipeline.stages import Context, stages_until
-from xrec_spark.tables import ALL_TABLES, BRONZE_QUARANTINE, Lakehouse
+from xrec_spark.tables import ALL_TABLES, BRONZE_QUARANTINE, Lakehouse, TableSpec, each_table
 
 
 def run_demo(lake: Lakehouse, cfg: JobConfig, day: date, until: str, emit: Callable[[str], None]) -> None:
@@ -36,12 +36,14 @@ def run_demo(lake: Lakehouse, cfg: JobConfig, day: date, until: str, emit: Calla
 
 def table_overview(lakehouse: Lakehouse) -> list[str]:
     """One line per existing table: name, version, rows, location; plus quarantine by reason."""
-    lines = []
-    for spec in ALL_TABLES:
+    def describe(spec: TableSpec) -> str | None:
         version = lakehouse.version(spec)
-        if version is not None:
-            rows = lakehouse.read(spec).count()
-            lines.append(f"  {spec.qualified:<32} v{version:<4} {rows:>10,} rows  {lakehouse.path(spec)}")
+        if version is None:
+            return None
+        rows = lakehouse.read(spec, version).count()
+        return f"  {spec.qualified:<32} v{version:<4} {rows:>10,} rows  {lakehouse.path(spec)}"
+
+    lines = [line for line in each_table(ALL_TABLES, describe) if line is not None]
     if lakehouse.exists(BRONZE_QUARANTINE):
         by_reason = lakehouse.read(BRONZE_QUARANTINE).groupBy("reason").count().orderBy(F.desc("count")).collect()
         if by_reason:

@@ -25,7 +25,7 @@ from xrec_spark.config import JobConfig, TaskWeighting, WeightAverageKind
 from xrec_spark.lineage import JobRun, digest, run_params
 from xrec_spark.tables import (
     CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, ITEM_FEATURES, ITEM_INDEX, RUNS, TRAINING_EXAMPLES,
-    USER_HISTORY, USER_INDEX, Lakehouse, TableNotFoundError, TableSpec)
+    USER_HISTORY, USER_INDEX, Lakehouse, TableNotFoundError, TableSpec, each_table)
 from xrec_spark.train.checkpoints import RunPaths
 from xrec_spark.train.ddp import TrainResult, train
 from xrec_spark.train.spec import DISTILL_KEYS, InputTable, ResumeMode, Sizes, TrainSpec
@@ -122,14 +122,10 @@ def build_spec(cfg: JobConfig, lake: Lakehouse, resume: ResumeMode = "auto", fai
     """Pin the inputs and resolve everything the ranks need into a TrainSpec (reads only small
     dimension data on the driver: index maxima, category ids, the category-transfer matrix)."""
     inputs: dict[str, InputTable] = {}
-    for spec in REQUIRED_INPUTS:
-        pinned = _pin(lake, spec)
-        if pinned is None:
+    for spec, pinned in zip(INPUTS, each_table(INPUTS, lambda s: _pin(lake, s))):
+        if pinned is None and spec in REQUIRED_INPUTS:
             raise TableNotFoundError(f"training needs {spec.qualified} at {lake.path(spec)}; run "
                                      "`xrec ingest` then `xrec features` first")
-        inputs[spec.qualified] = pinned
-    for spec in OPTIONAL_INPUTS:
-        pinned = _pin(lake, spec)
         if pinned is not None:
             inputs[spec.qualified] = pinned
     examples = inputs[TRAINING_EXAMPLES.qualified]
