@@ -18,7 +18,7 @@ batches of the same shape, and the ratio of samples/s at the largest size to the
 With ``model.sparse_embeddings=true`` the id tables get sparse gradients and SparseAdam, so
 the step should cost what the batch touches, not what the catalogue holds::
 
-    .venv/bin/python bench/model.py --scale-items 100000,1000000 --set model.sparse_embeddings=true \
+    .venv/bin/python bench/model.py --scale-items 100000,1000000 --steps 12 --warmup 2 --set model.sparse_embeddings=true \
         --set model.loss=softmax --set model.item_bias=true --set model.softmax_full_max_items=1024
 """
 

@@ -329,3 +329,13 @@ def test_init_item_rows_sets_the_rows_asked_at_the_initialisers_spread():
     torch.testing.assert_close(after[[2, 4, 7]], vectors * scale)
     untouched = [i for i in range(after.shape[0]) if i not in (2, 4, 7)]
     torch.testing.assert_close(after[untouched], before[untouched])
+
+
+@pytest.mark.parametrize("sparse_text", [False, True])
+def test_sparse_embeddings_give_the_id_tables_sparse_gradients_and_the_text_table_only_on_request(sparse_text):
+    model = tiny_model(sparse_embeddings=True, sparse_text=sparse_text, item_bias=True)
+    (model(tiny_batch()) ** 2).sum().backward()
+    assert model.item_tower.ids.weight.grad.is_sparse and model.item_tower.bias.weight.grad.is_sparse
+    bag = model.item_tower.content.bag
+    assert bag.weight.grad.is_sparse is sparse_text
+    assert any(p is bag.weight for p in model.sparse_parameters()) is sparse_text

@@ -65,7 +65,7 @@ class ItemTower(nn.Module):
         has_content = cfg.content_encoder is not ContentEncoderKind.NONE or self.d_img is not None
         self.content = (ContentEncoder(cfg.content_encoder, cfg.fusion, d, cfg.hidden_dim, cfg.hash_buckets,
                                        self.d_txt if cfg.content_encoder is ContentEncoderKind.SENTENCE else None,
-                                       self.d_img, sparse) if has_content else None)
+                                       self.d_img, sparse and cfg.sparse_text) if has_content else None)
         self.dropout = dropout
         self.min_log_count = math.log1p(cfg.min_item_count) - 1e-6
         # b(i): a row per trained item with train positives; every other item (no positive in
