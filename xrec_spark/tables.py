@@ -15,9 +15,9 @@ import json
 import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, TypeVar
 from urllib.parse import urlparse
 
@@ -154,7 +154,6 @@ def _conformed(df: DataFrame, field: T.StructField, spec: TableSpec) -> Column:
 
 
 # ----------------------------------------------------------------------------------- lakehouse
-
 
 
 # The same conflicts by JVM class name: some Delta paths (creating a table two writers race

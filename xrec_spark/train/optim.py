@@ -50,8 +50,9 @@ class Optimizers:
 
 def fused_capable(params: list[torch.Tensor]) -> bool:
     """Whether AdamW can take its fused kernel: one update over every tensor instead of a dozen
-    elementwise passes per tensor (1.2x the samples/s of Ciao's 2-rank CPU training, where the
-    105k-row item table's dense update was a fifth of the step: BENCHMARKS.md "Training")."""
+    elementwise passes per tensor (Ciao, where the 105k-row item table's dense update was a fifth
+    of the step: +19% samples/s in a one-rank profile, +4% in the 2-rank training job;
+    BENCHMARKS.md "Ciao's training step")."""
     devices = {p.device.type for p in params}
     return len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
 

@@ -122,11 +122,14 @@ def log_mlflow_derived(uri: str, run_id: str, model_version: str, params: Mappin
                        parent_mlflow_run_id: str | None) -> str:
     """Log a model derived from a trained one in the driver (a few-shot version) as its own MLflow
     run: its params and metrics and checkpoint, nested under the parent's run when it has one."""
-    flat = {k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v) for k, v in params.items()}
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        _flat(key, value, flat)
     tags = {"xrec.parent_model_version": parent_model_version}
     if parent_mlflow_run_id:
         tags["mlflow.parentRunId"] = parent_mlflow_run_id
-    return _log_finished(uri, run_id, model_version, flat, [], metrics, [checkpoint], tags)
+    return _log_finished(uri, run_id, model_version, {k: v[:6000] for k, v in flat.items()}, [], metrics,
+                         [checkpoint], tags)
 
 
 def _log_finished(uri: str, run_id: str, model_version: str, params: Mapping[str, str],
