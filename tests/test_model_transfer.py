@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 import torch
@@ -181,13 +183,13 @@ def _new_category_examples(n: int = 40) -> dict[str, torch.Tensor]:
     {"share_across_categories": False, "loss": "sampled_softmax"},
 ])
 def test_few_shot_fine_tune_changes_only_the_new_category(overrides):
-    from xrec_spark.model.few_shot import FewShotSettings, add_categories, fine_tune_categories
+    from xrec_spark.model.few_shot import FewShotSettings, add_categories, fine_tune_new_rows
 
     model = tiny_model(**overrides)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     add_categories(model, {4: [1, 2]})
     started = {k: v.clone() for k, v in model.state_dict().items()}
-    fit = fine_tune_categories(model, _new_category_examples(), [4], FewShotSettings(steps=30, lr=0.05, batch_size=16))
+    fit = fine_tune_new_rows(model, _new_category_examples(), FewShotSettings(steps=30, lr=0.05, batch_size=16), [4])
     assert fit.steps == 30 and fit.examples == 40 and fit.final_loss < fit.first_loss
     after = model.state_dict()
     own = {n for n, _ in model.heads.heads["4"].named_parameters(prefix="heads.heads.4")}
@@ -206,15 +208,79 @@ def test_few_shot_fine_tune_changes_only_the_new_category(overrides):
 
 
 def test_few_shot_without_examples_keeps_the_initial_head():
-    from xrec_spark.model.few_shot import FewShotSettings, add_categories, fine_tune_categories
+    from xrec_spark.model.few_shot import FewShotSettings, add_categories, fine_tune_new_rows
 
     model = tiny_model()
     add_categories(model, {4: [2]})
     start = [p.clone() for p in model.category_parameters(4)]
     empty = {k: v[:0] for k, v in _new_category_examples().items()}
-    fit = fine_tune_categories(model, empty, [4], FewShotSettings(steps=10))
+    fit = fine_tune_new_rows(model, empty, FewShotSettings(steps=10), [4])
     assert fit.steps == 0 and fit.examples == 0
     assert all(torch.equal(a, b) for a, b in zip(start, model.category_parameters(4)))
     with pytest.raises(ValueError, match=r"categories \[1\] outside the adapted \[4\]"):
-        fine_tune_categories(model, {**_new_category_examples(), "category_idx": torch.ones(40, dtype=torch.long)},
-                             [4], FewShotSettings())
+        fine_tune_new_rows(model, {**_new_category_examples(), "category_idx": torch.ones(40, dtype=torch.long)},
+                           FewShotSettings(), [4])
+
+
+def _model_before_new_items(**overrides):
+    """A tiny model trained on items 1..8, on content that also holds items 9 (category 1,
+    4 train positives) and 10 (category 2, 2 positives), added since its training."""
+    from model_synthetic import tiny_config, tiny_frame
+    from xrec_spark.model.content import ItemContent
+    from xrec_spark.model.towers import CrossCategoryModel
+
+    frame = pd.concat([tiny_frame(), pd.DataFrame({"item_idx": [9, 10], "category_idx": [1, 2],
+                                                   "text": ["red boot", "rome atlas"], "train_count": [4, 2]})])
+    cfg = tiny_config(**{"item_bias": True, "loss": "softmax", **overrides})
+    model = CrossCategoryModel(cfg, TINY_SIZES, ItemContent.from_frame(frame, cfg, 10))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():   # as after training: an untrained model's heads give f_k(h) = 0 (popularity order)
+        for p in model.heads.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def test_new_items_start_from_the_learned_count_prior():
+    from xrec_spark.model.few_shot import add_items, start_item_rows
+
+    model = _model_before_new_items()
+    tower = model.item_tower
+    counted = [1, 3, 4, 5, 7, 8]          # train_count > 0 among the trained items
+    with torch.no_grad():                 # "learned" biases: 2 log(1 + count) + 1 exactly
+        tower.bias.weight[counted, 0] = 2 * tower.content_log_popularity[counted] + 1
+    add_items(model, 10)
+    assert model.sizes.n_items == 10 and tower.ids.num_embeddings == 11 and not tower.ids.sparse
+    start_item_rows(model, [9, 10])
+    torch.testing.assert_close(tower.bias.weight[9:, 0], torch.tensor([2 * math.log(5) + 1, 2 * math.log(3) + 1]))
+    assert torch.all(tower.ids.weight[9:] == 0)
+    with pytest.raises(ValueError, match="below the item content's 11 rows"):
+        add_items(model, 11)
+
+
+def test_few_shot_items_fit_only_their_rows():
+    from xrec_spark.model.few_shot import FewShotSettings, add_items, fine_tune_new_rows, start_item_rows
+
+    model = _model_before_new_items(sparse_embeddings=True, history_encoder="mean", user_ids=False)
+    add_items(model, 10)
+    start_item_rows(model, [9])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # Users 1-3 took item 9; users 4-5 took item 1, the category's context.
+    examples = {"user_idx": torch.tensor([1, 2, 3, 4, 5]),
+                "history": torch.tensor([[7, 0], [7, 1], [2, 0], [1, 0], [2, 7]]),
+                "item_idx": torch.tensor([9, 9, 9, 1, 1]), "category_idx": torch.ones(5, dtype=torch.long),
+                "label": torch.ones(5), "weight": torch.ones(5)}
+    batch = {k: v[:3] for k, v in examples.items()}
+    start_score = model(batch).detach()
+    fit = fine_tune_new_rows(model, examples, FewShotSettings(steps=40, lr=0.05, batch_size=5), items=[9])
+    assert fit.steps == 40 and fit.final_loss < fit.first_loss
+    after = model.state_dict()
+    own = {"item_tower.ids.weight", "item_tower.bias.weight"}
+    for name, old in before.items():
+        if name in own:
+            rest = [r for r in range(old.shape[0]) if r != 9]
+            assert torch.equal(after[name][rest], old[rest]) and not torch.equal(after[name][9], old[9]), name
+        else:
+            assert torch.equal(after[name], old), f"{name} changed"
+    assert torch.all(model(batch) > start_score)      # the users who took item 9 now score it higher
+    with pytest.raises(ValueError, match=r"categories \[3\] outside the adapted \[1\]"):
+        fine_tune_new_rows(model, {**examples, "category_idx": torch.full((5,), 3)}, FewShotSettings(), items=[9])

@@ -8,6 +8,7 @@ from datetime import date, datetime
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from pyspark.sql import functions as F
 
 from batch_fixtures import assert_same_rows, write_run
@@ -238,15 +239,20 @@ def _few_shot_lake(spark, root) -> Lakehouse:
     return lake
 
 
-def _parent_without_toys(lake: Lakehouse, tmp_path) -> str:
-    """A stand-in model trained before toys existed (categories 1-2, items 1-6), in gold.runs."""
+def _parent_without_toys(lake: Lakehouse, tmp_path, n_categories: int = 2) -> str:
+    """A stand-in model trained before toys existed (categories 1-2, items 1-6), in gold.runs;
+    with ``n_categories=3`` one that knew toys but none of its items."""
     from xrec_spark.tables import RUNS
 
     frame = lake.read(ITEM_FEATURES).toPandas()
-    cfg = ModelConfig(embedding_dim=8, hidden_dim=8, hash_buckets=64, max_tokens=4, seed=1)
+    cfg = ModelConfig(embedding_dim=8, hidden_dim=8, hash_buckets=64, max_tokens=4, seed=1, item_bias=True)
     path = tmp_path / "models" / "m-parent.pt"
-    save_model(path, CrossCategoryModel(cfg, ModelSizes(n_users=4, n_items=6, n_categories=2),
-                                        ItemContent.from_frame(frame, cfg, 9)), {"model_version": "m-parent"})
+    model = CrossCategoryModel(cfg, ModelSizes(n_users=4, n_items=6, n_categories=n_categories),
+                               ItemContent.from_frame(frame, cfg, 9))
+    with torch.no_grad():   # as after training: an untrained model's heads give f_k(h) = 0 (popularity order)
+        for p in model.heads.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
+    save_model(path, model, {"model_version": "m-parent"})
     row = ("run-parent", "m-parent", "cfg", {"silver.category_index": 0}, {}, str(path), utc_now(), utc_now(), None)
     lake.append(RUNS, lake.spark.createDataFrame([row], RUNS.schema))
     return "m-parent"
@@ -254,8 +260,6 @@ def _parent_without_toys(lake: Lakehouse, tmp_path) -> str:
 
 @pytest.mark.slow
 def test_few_shot_adapts_the_parent_to_a_new_category_and_registers_a_child(spark, tmp_path):
-    import torch
-
     from xrec_spark.lineage import model_run
     from xrec_spark.model.checkpoint import read_checkpoint
     from xrec_spark.pipeline.few_shot import few_shot_plan, load_run_model, run_few_shot, trained_parent
@@ -272,7 +276,8 @@ def test_few_shot_adapts_the_parent_to_a_new_category_and_registers_a_child(spar
     assert few_shot_plan(lake, with_batch(few_shot_max_events=3), parent, ["toys"]) is None   # 4 > 3: retrain
     assert few_shot_plan(lake, base, parent, []) is None
     plan = few_shot_plan(lake, base, parent, ["toys"])
-    assert plan is not None and plan.events == {3: 4} and plan.names == {3: "toys"}
+    # Item 7 is toys' only item with a train positive (train_count 1): its rows are fitted too.
+    assert plan is not None and plan.events == {3: 4} and plan.names == {3: "toys"} and plan.items == {7: 1}
 
     report = run_few_shot(lake, base, plan)
     assert not report.reused and report.parent_model_version == "m-parent"
@@ -300,3 +305,29 @@ def test_few_shot_adapts_the_parent_to_a_new_category_and_registers_a_child(spar
     version = lake.version(RUNS)
     again = run_few_shot(lake, base, plan)   # same parent, settings and inputs: the same run
     assert again.reused and again.model_version == report.model_version and lake.version(RUNS) == version
+
+
+@pytest.mark.slow
+def test_few_shot_fits_the_rows_of_items_with_their_first_positives(spark, tmp_path):
+    from xrec_spark.lineage import model_run
+    from xrec_spark.pipeline.few_shot import few_shot_plan, load_run_model, run_few_shot
+
+    lake = _few_shot_lake(spark, tmp_path / "lake")
+    base = make_config(tmp_path, batch={"few_shot_steps": 5, "few_shot_lr": 0.05})
+    parent = model_run(lake, _parent_without_toys(lake, tmp_path, n_categories=3))   # knows toys, not items 7-9
+    off = base.model_copy(update={"batch": base.batch.model_copy(update={"few_shot_items": False})})
+    assert few_shot_plan(lake, off, parent, []) is None
+    plan = few_shot_plan(lake, base, parent, [])
+    assert plan is not None and plan.events == {} and plan.items == {7: 1}
+    report = run_few_shot(lake, base, plan)
+    # Item 7's 2 rows and toys' other 5 (4 context rows per own row: all of them, weight 1).
+    assert report.metrics["few_shot_examples"] == 7 and report.summary()["items"] == {"count": 1, "positives": 1}
+    adapted = load_run_model(lake, model_run(lake, report.model_version))
+    before = load_run_model(lake, parent)
+    assert adapted.sizes.n_items == 9
+    for name, value in before.state_dict().items():
+        new = adapted.state_dict()[name]
+        if name in ("item_tower.ids.weight", "item_tower.bias.weight"):   # grown from 7 rows to 10
+            assert torch.equal(new[:7], value) and torch.all(new[8:] == 0) and torch.any(new[7] != 0), name
+        else:
+            assert torch.equal(new, value), f"{name} changed"

@@ -74,3 +74,10 @@ class BatchConfig(_Section):
     few_shot_steps: int = Field(50, ge=0)
     few_shot_batch_size: int = Field(256, ge=1)
     few_shot_lr: float = Field(0.01, gt=0)
+    # Items with train positives that had none when the model trained (new items, in a
+    # category the model knows or one the same night adapts to) get id and bias rows fitted the
+    # same way, within their category's softmax: their own examples plus few_shot_context rows
+    # of the category's other examples per example of theirs (importance-weighted), so they
+    # are ranked from their events instead of from content and popularity alone.
+    few_shot_items: bool = True
+    few_shot_context: float = Field(4.0, ge=0)

@@ -1,4 +1,4 @@
-"""Few-shot adaptation: a trained model learns a category added after its training.
+"""Few-shot adaptation: a trained model learns a category, or items, added after its training.
 
 The general model (every shared parameter trained on all the other categories) stays as it
 is; the new category k gets its head θ_k initialised from its nearest trained categories
@@ -9,16 +9,22 @@ history encoder's target query). Every other parameter is left bit-identical: th
 other categories in those shared tables get a zero gradient, and Adam without weight decay
 moves a parameter by exactly zero when its gradient has always been zero.
 
-Items added after training (above ``n_items``) have no id rows to fit: they are scored from
-their content, popularity and category row, so the category row is what the few events teach
-them. Pure torch; the nightly's Spark side is :mod:`xrec_spark.pipeline.few_shot`.
+Items with train positives that had none when the model trained (added since, or present
+without positives) are scored, without adaptation, from their content, popularity and category
+row. :func:`add_items` grows the item tables to cover them and :func:`start_item_rows` gives
+them what the model knows without their events: a zero id row and the bias the trained items'
+counts predict (a line fitted to their learned bias against log(1 + train count)); the
+fine-tune then fits **only** those rows on their events, within the category's softmax, so
+the rows are pushed up by their own positives and down by the other items' (see
+:func:`fine_tune_new_rows`). Pure torch; the nightly's Spark side is
+:mod:`xrec_spark.pipeline.few_shot`.
 """
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Mapping, Sequence
 
 import torch
@@ -96,29 +102,98 @@ def _category_rows(model: CrossCategoryModel) -> list[nn.Parameter]:
     return tables
 
 
-def new_category_parameters(model: CrossCategoryModel, categories: Sequence[int]) -> list[nn.Parameter]:
-    """The parameters a few-shot fine-tune of ``categories`` updates: their heads (θ_k, gates,
-    own towers) and the tables whose rows ``categories`` it may change (see module docstring)."""
-    return [*model.head_parameters(categories), *_category_rows(model)]
+def _item_rows(model: CrossCategoryModel) -> list[nn.Parameter]:
+    """Tables whose row i belongs to item i alone: id rows, bias, the history's own item rows."""
+    tower = model.item_tower
+    tables = [tower.ids.weight, *([] if tower.bias is None else [tower.bias.weight])]
+    return tables + ([] if model.history_rows is None else [model.history_rows.weight])
+
+
+def _grown(table: nn.Embedding, rows: int) -> nn.Embedding:
+    """``table`` with ``rows`` rows, the added ones zero. Dense gradients: the few-shot Adam
+    takes no sparse ones, and the flag shapes only training's gradients, not the saved state."""
+    out = nn.Embedding(rows, table.embedding_dim, padding_idx=table.padding_idx).to(table.weight.device)
+    with torch.no_grad():
+        out.weight.zero_()
+        out.weight[: table.num_embeddings] = table.weight
+    return out
+
+
+def add_items(model: CrossCategoryModel, n_items: int) -> None:
+    """Grow the item tables (id rows, bias, history rows) to items ``1..n_items`` (>= the
+    model's count), the new rows zero; the item content must already cover them
+    (:func:`xrec_spark.model.checkpoint.load_model_on_items` loads it so)."""
+    tower = model.item_tower
+    if n_items < model.sizes.n_items or tower.content_rows <= n_items:
+        raise ValueError(f"add_items: n_items must be >= the model's {model.sizes.n_items} and below the item "
+                         f"content's {tower.content_rows} rows; got {n_items}")
+    tower.ids = _grown(tower.ids, n_items + 1)
+    if tower.bias is not None:
+        tower.bias = _grown(tower.bias, n_items + 1)
+    if model.history_rows is not None:
+        model.history_rows = _grown(model.history_rows, n_items + 1)
+    model.sizes = replace(model.sizes, n_items=n_items)
+
+
+@torch.no_grad()
+def start_item_rows(model: CrossCategoryModel, items: Sequence[int]) -> None:
+    """Give ``items`` (within the model's tables) what the model knows without their events: a
+    zero id (and history) row, and the bias that the other counted items' learned bias predicts
+    from log(1 + train count) by least squares (the untrained prior's log(1 + count) itself
+    when fewer than two items have counts)."""
+    rows = torch.as_tensor([int(i) for i in items], dtype=torch.long)
+    if rows.numel() == 0:
+        return
+    tower = model.item_tower
+    for table in (tower.ids, model.history_rows):
+        if table is not None:
+            table.weight[rows.to(table.weight.device)] = 0
+    if tower.bias is None:
+        return
+    bias = tower.bias.weight
+    log_pop = tower.content_log_popularity[: bias.shape[0]].to(bias.dtype)
+    known = log_pop > 0
+    known[rows.to(known.device)] = False
+    slope, intercept = 1.0, 0.0
+    if int(known.sum()) >= 2:
+        x, y = log_pop[known], bias[known, 0]
+        design = torch.stack([x, torch.ones_like(x)], 1)
+        slope, intercept = (float(v) for v in torch.linalg.lstsq(design, y.unsqueeze(1)).solution[:, 0])
+    bias[rows.to(bias.device), 0] = slope * log_pop[rows.to(log_pop.device)] + intercept
+
+
+def new_row_parameters(model: CrossCategoryModel, categories: Sequence[int],
+                       items: Sequence[int] = ()) -> list[nn.Parameter]:
+    """The parameters a few-shot fine-tune updates: the heads of ``categories`` (θ_k, gates,
+    own towers) and the tables whose rows of ``categories`` or ``items`` it may change (see
+    module docstring)."""
+    out = [*model.head_parameters(categories), *_category_rows(model)] if len(categories) else []
+    return out + (_item_rows(model) if len(items) else [])
+
+
+def _row_mask(table: nn.Parameter, rows: Sequence[int]) -> Tensor:
+    mask = torch.zeros(table.shape[0], *([1] * (table.dim() - 1)), dtype=table.dtype, device=table.device)
+    mask[torch.as_tensor([int(r) for r in rows], dtype=torch.long, device=table.device)] = 1
+    return mask
 
 
 @contextmanager
-def only_categories_train(model: CrossCategoryModel, categories: Sequence[int]) -> Iterator[list[nn.Parameter]]:
-    """Within the block only ``categories``' parameters require gradients, and the shared
-    per-category tables pass gradient to those rows only; yields the parameters to optimise.
-    Restores ``requires_grad`` and removes the gradient masks on exit."""
+def only_new_rows_train(model: CrossCategoryModel, categories: Sequence[int],
+                        items: Sequence[int] = ()) -> Iterator[list[nn.Parameter]]:
+    """Within the block only the parameters of ``categories`` and ``items`` require gradients,
+    and the shared per-category and per-item tables pass gradient to those rows only; yields
+    the parameters to optimise. Restores ``requires_grad`` and removes the masks on exit."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
     hooks = []
     try:
         model.requires_grad_(False)
-        params = new_category_parameters(model, categories)
+        params = new_row_parameters(model, categories, items)
         for p in params:
             p.requires_grad_(True)
-        rows = torch.tensor(sorted(int(k) for k in categories), dtype=torch.long)
-        for table in _category_rows(model):
-            mask = torch.zeros(table.shape[0], *([1] * (table.dim() - 1)), dtype=table.dtype, device=table.device)
-            mask[rows.to(table.device)] = 1
-            hooks.append(table.register_hook(lambda grad, mask=mask: grad * mask))
+        masked = [(t, categories) for t in _category_rows(model)] if len(categories) else []
+        masked += [(t, items) for t in _item_rows(model)] if len(items) else []
+        for table, rows in masked:
+            hooks.append(table.register_hook(lambda grad, mask=_row_mask(table, rows): grad * mask))
         yield params
     finally:
         for h in hooks:
@@ -145,23 +220,29 @@ def _order(n: int, steps: int, batch_size: int, seed: int) -> Tensor:
     return torch.cat([torch.randperm(n, generator=generator) for _ in range(passes)])[:needed]
 
 
-def fine_tune_categories(model: CrossCategoryModel, examples: Mapping[str, Tensor], categories: Sequence[int],
-                         settings: FewShotSettings) -> FewShotResult:
-    """Fit ``categories``' parameters (see :func:`new_category_parameters`) on ``examples``.
+def fine_tune_new_rows(model: CrossCategoryModel, examples: Mapping[str, Tensor], settings: FewShotSettings,
+                       categories: Sequence[int] = (), items: Sequence[int] = ()) -> FewShotResult:
+    """Fit the parameters of ``categories`` and the rows of ``items`` (see
+    :func:`new_row_parameters`) on ``examples``.
 
-    ``examples``: rows of silver.training_examples of those categories as tensors —
-    user_idx, item_idx, category_idx long ``[N]``, history long ``[N, L]``, label and weight
-    float ``[N]``. Runs on the model's device in eval mode: the frozen towers then give the
-    same inputs the served model gives (no id or history dropout), which is what the head
-    has to fit. One process: a few hundred examples take seconds, less than starting DDP ranks.
+    ``examples``: rows of silver.training_examples as tensors — user_idx, item_idx,
+    category_idx long ``[N]``, history long ``[N, L]``, label and weight float ``[N]`` — in
+    ``categories`` or in the categories of ``items`` (rows of other items there are the
+    context that pushes the new rows down as the softmax's negatives; weight them by the
+    inverse of their sampling rate). Runs on the model's device in eval mode: the frozen towers
+    then give the same inputs the served model gives (no id or history dropout), which is what
+    the new rows have to fit. One process: a few thousand examples take seconds, less than
+    starting DDP ranks.
     """
     missing = [c for c in EXAMPLE_COLUMNS if c not in examples]
     if missing:
         raise ValueError(f"few-shot examples lack columns {missing}; got {sorted(examples)}")
     cats = torch.as_tensor(examples["category_idx"])
-    stray = sorted(set(cats.unique().tolist()) - {int(k) for k in categories})
+    item_rows = torch.as_tensor([int(i) for i in items], dtype=torch.long)
+    allowed = {int(k) for k in categories} | set(model.item_tower.content_category.cpu()[item_rows].tolist())
+    stray = sorted(set(cats.unique().tolist()) - allowed)
     if stray:
-        raise ValueError(f"few-shot examples hold categories {stray} outside the adapted {sorted(categories)}")
+        raise ValueError(f"few-shot examples hold categories {stray} outside the adapted {sorted(allowed)}")
     n, started = int(cats.shape[0]), time.perf_counter()
     if n == 0 or settings.steps == 0:
         return FewShotResult(0, n, float("nan"), float("nan"), time.perf_counter() - started)
@@ -174,7 +255,7 @@ def fine_tune_categories(model: CrossCategoryModel, examples: Mapping[str, Tenso
     was_training = model.training
     model.eval()
     try:
-        with only_categories_train(model, categories) as params:
+        with only_new_rows_train(model, categories, items) as params:
             optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=0.0)
             for step in range(settings.steps):
                 rows = order[step * settings.batch_size:(step + 1) * settings.batch_size]

@@ -1,4 +1,4 @@
-"""The nightly's few-shot path: a new category with few train events adapts the trained model.
+"""The nightly's few-shot path: a new category, or new items, with few train events adapt the trained model.
 
 When the category index gained categories since the latest fully trained model and each has
 at most ``batch.few_shot_max_events`` train interactions (and ``batch.few_shot`` is on), the
@@ -8,6 +8,11 @@ silver.category_transfer, fits only the new categories' parameters on their rows
 silver.training_examples (:mod:`xrec_spark.model.few_shot`), and saves the result as a new
 model version: a checkpoint and a gold.runs row whose params name its parent, so the
 embeddings and candidates steps use it like any trained model.
+
+Items work the same way (``batch.few_shot_items``): an item with train positives that had none
+when the parent trained (added since, or present without positives then) gets its id and bias
+rows fitted on its examples and a sample of its category's other examples, on the nights the
+model is not retrained; without it such an item is ranked from content and popularity alone.
 
 A few-shot version always starts from the fully trained model (the parent), never from an
 earlier few-shot version: the next nights refit the head from the parent on the category's
@@ -23,6 +28,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import reduce
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,17 +43,18 @@ log = logging.getLogger(__name__)
 
 KIND = "few_shot"   # params.kind of a few-shot row in gold.runs
 # Bumped when the few-shot code changes what the same parent, settings and inputs produce.
-FEW_SHOT_LOGIC_VERSION = 1
+FEW_SHOT_LOGIC_VERSION = 2
 
 
 @dataclass(frozen=True)
 class FewShotPlan:
-    """The new categories to adapt ``parent`` to: ``{category_idx: train interactions}``, and
-    their natural ids."""
+    """What to adapt ``parent`` to: the new categories ``{category_idx: train interactions}``
+    and their natural ids, and the fresh items ``{item_idx: train positives}``."""
 
     parent: ModelRun
     events: dict[int, int]
     names: dict[int, str]
+    items: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,12 +68,14 @@ class FewShotReport:
     events: dict[int, int]
     metrics: dict[str, float] = field(default_factory=dict)
     reused: bool = False
+    items: dict[int, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """For the nightly's train marker (JSON)."""
         return {"parent": self.parent_model_version, "reused": self.reused,
                 "categories": {str(k): {"events": self.events[k], "neighbours": self.neighbours.get(k, [])}
                                for k in sorted(self.events)},
+                "items": {"count": len(self.items), "positives": sum(self.items.values())},
                 **{k: round(v, 4) for k, v in self.metrics.items()}}
 
 
@@ -89,21 +98,52 @@ def train_events(lake: Lakehouse, categories: Sequence[int]) -> dict[int, int]:
     return {int(k): counts.get(int(k), 0) for k in categories}
 
 
+def parent_sizes(parent: ModelRun) -> dict[str, int]:
+    """``parent``'s n_users, n_items, n_categories (its checkpoint's meta)."""
+    from xrec_spark.model.checkpoint import read_checkpoint
+
+    return {k: int(v) for k, v in read_checkpoint(parent.checkpoint_path)[1]["sizes"].items()}
+
+
+def fresh_items(lake: Lakehouse, parent: ModelRun, new_categories: Sequence[int] = ()) -> dict[int, int]:
+    """``{item_idx: train positives}`` of the items that have train positives now and had none
+    when ``parent`` trained (above its item count, or without a positive in the
+    silver.item_features version it read, when its inputs name one), in a category it knows or
+    in ``new_categories``."""
+    sizes = parent_sizes(parent)
+    categories = [*range(1, sizes["n_categories"] + 1), *new_categories]
+    n_items = sizes["n_items"]
+    now = (lake.read(ITEM_FEATURES).where((F.col("train_count") > 0) & F.col("category_idx").isin(categories))
+           .select("item_idx", "train_count"))
+    then = parent.input_versions.get(ITEM_FEATURES.qualified)
+    if then is None:
+        fresh = now.where(F.col("item_idx") > n_items)
+    else:
+        known = lake.read(ITEM_FEATURES, then).where(F.col("train_count") > 0).select("item_idx")
+        fresh = now.join(known, "item_idx", "left_anti")
+    return {int(r["item_idx"]): int(r["train_count"]) for r in fresh.collect()}
+
+
 def few_shot_plan(lake: Lakehouse, cfg: JobConfig, parent: ModelRun, new_categories: Sequence[str]) -> FewShotPlan | None:
     """The plan to adapt ``parent`` to ``new_categories`` (natural ids added since its
-    training), or None to retrain: ``batch.few_shot`` off, no new category, or one with more
-    than ``batch.few_shot_max_events`` train interactions."""
-    if not cfg.batch.few_shot or not new_categories:
+    training) and to the fresh items of its categories and theirs (:func:`fresh_items`, with
+    ``batch.few_shot_items``), or None: ``batch.few_shot`` off, nothing new, or a new category
+    with more than ``batch.few_shot_max_events`` train interactions (retrain)."""
+    if not cfg.batch.few_shot:
         return None
-    rows = lake.read(CATEGORY_INDEX).where(F.col("category").isin(list(new_categories))).collect()
+    rows = lake.read(CATEGORY_INDEX).where(F.col("category").isin(list(new_categories))).collect() \
+        if new_categories else []
     names = {int(r["category_idx"]): str(r["category"]) for r in rows}
-    events = train_events(lake, sorted(names))
+    events = train_events(lake, sorted(names)) if names else {}
     over = {names[k]: n for k, n in events.items() if n > cfg.batch.few_shot_max_events}
     if over:
         log.info("few-shot off for this night: %s have more train interactions than batch.few_shot_max_events=%d",
                  over, cfg.batch.few_shot_max_events)
         return None
-    return FewShotPlan(parent, events, names)
+    items = fresh_items(lake, parent, sorted(names)) if cfg.batch.few_shot_items else {}
+    if not names and not items:
+        return None
+    return FewShotPlan(parent, events, names, items)
 
 
 def _device(cfg: JobConfig) -> str:
@@ -133,14 +173,16 @@ def run_few_shot(lake: Lakehouse, cfg: JobConfig, plan: FewShotPlan) -> FewShotR
     if found is not None:
         version, params = found
         neighbours = {int(k): v for k, v in params.get("neighbours", {}).items()}
-        return FewShotReport(run_id, version, plan.parent.model_version, neighbours, plan.events, reused=True)
+        return FewShotReport(run_id, version, plan.parent.model_version, neighbours, plan.events, reused=True,
+                             items=plan.items)
     started = datetime.now(timezone.utc)
     model_version = f"m-{run_id[:12]}"
     path, neighbours, metrics = _adapt_and_save(lake, cfg, plan, versions, run_id, model_version)
     params = {"kind": KIND, "parent_model_version": plan.parent.model_version, "parent_run_id": plan.parent.run_id,
               "neighbours": {str(k): v for k, v in neighbours.items()},
               "events": {str(k): n for k, n in plan.events.items()},
-              "categories": {str(k): name for k, name in plan.names.items()}}
+              "categories": {str(k): name for k, name in plan.names.items()},
+              "items": {"count": len(plan.items), "positives": sum(plan.items.values())}}
     # Its own MLflow run before its gold.runs row, as a trained model's: nested under the
     # parent's run (a parent from before tracking, or logged elsewhere, has none to nest under).
     parent_params = (run_params(lake, plan.parent.run_id) or (None, {}))[1]
@@ -152,28 +194,35 @@ def run_few_shot(lake: Lakehouse, cfg: JobConfig, plan: FewShotPlan) -> FewShotR
     row = (run_id, model_version, cfg.fingerprint(), versions, metrics, path, started,
            datetime.now(timezone.utc), json.dumps(params, sort_keys=True))
     lake.merge(RUNS, lake.spark.createDataFrame([row], RUNS.schema), update=True, job=KIND)
-    log.info("few-shot %s from %s: categories %s, %s", model_version, plan.parent.model_version, plan.names, metrics)
-    return FewShotReport(run_id, model_version, plan.parent.model_version, neighbours, plan.events, metrics)
+    log.info("few-shot %s from %s: categories %s, %d fresh items, %s", model_version, plan.parent.model_version,
+             plan.names, len(plan.items), metrics)
+    return FewShotReport(run_id, model_version, plan.parent.model_version, neighbours, plan.events, metrics,
+                         items=plan.items)
 
 
 def _adapt_and_save(lake: Lakehouse, cfg: JobConfig, plan: FewShotPlan, versions: dict[str, int], run_id: str,
                     model_version: str) -> tuple[str, dict[int, list[int]], dict[str, float]]:
-    """Load the parent, add and fit the new heads, save the checkpoint; returns (its path, the
-    neighbours used, metrics)."""
+    """Load the parent, add the new heads and item rows and fit them, save the checkpoint;
+    returns (its path, the neighbours used, metrics)."""
     from xrec_spark.model import save_model
-    from xrec_spark.model.few_shot import FewShotSettings, add_categories, fine_tune_categories
+    from xrec_spark.model.few_shot import (FewShotSettings, add_categories, add_items, fine_tune_new_rows,
+                                           start_item_rows)
     from xrec_spark.train.launch import checkpoint_root
 
     clock = time.perf_counter()
     model = load_run_model(lake, plan.parent, versions[ITEM_FEATURES.qualified]).to(_device(cfg))
-    targets = sorted(plan.events)
+    targets, items = sorted(plan.events), sorted(plan.items)
     used = add_categories(model, nearest_categories(lake, versions, targets, model.sizes.n_categories,
-                                                    cfg.batch.few_shot_neighbours))
-    examples = category_examples(lake, versions[TRAINING_EXAMPLES.qualified], targets)
+                                                    cfg.batch.few_shot_neighbours)) if targets else {}
+    if items:
+        add_items(model, model.item_tower.content_rows - 1)
+        start_item_rows(model, items)
     b = cfg.batch
+    examples = plan_examples(lake, versions[TRAINING_EXAMPLES.qualified], targets, items, b.few_shot_context,
+                             cfg.train.seed)
     settings = FewShotSettings(steps=b.few_shot_steps, lr=b.few_shot_lr, batch_size=b.few_shot_batch_size,
                                seed=cfg.train.seed, grad_clip=cfg.train.grad_clip)
-    fit = fine_tune_categories(model, examples, targets, settings)
+    fit = fine_tune_new_rows(model, examples, settings, targets, items)
     path = checkpoint_root(cfg, lake) / run_id / "model.pt"
     save_model(path, model.cpu(), {"model_version": model_version, "run_id": run_id, "kind": KIND,
                                    "parent_model_version": plan.parent.model_version, "input_versions": versions})
@@ -194,14 +243,36 @@ def load_run_model(lake: Lakehouse, run: ModelRun, features_version: int | None 
     return load_model_on_items(run.checkpoint_path, frame)[0]
 
 
-def category_examples(lake: Lakehouse, version: int | None, categories: Sequence[int]) -> dict[str, Any]:
-    """The rows of silver.training_examples (at ``version``) in ``categories`` as tensors:
-    user_idx, item_idx, category_idx long ``[N]``, history long ``[N, L]``, label, weight float ``[N]``."""
+def plan_examples(lake: Lakehouse, version: int | None, categories: Sequence[int], items: Sequence[int],
+                  context: float, seed: int) -> dict[str, Any]:
+    """The rows of silver.training_examples (at ``version``) a few-shot fit reads, as tensors
+    (user_idx, item_idx, category_idx long ``[N]``, history long ``[N, L]``, label, weight float
+    ``[N]``): every row of ``categories``; for ``items`` in other categories their rows plus a
+    sample of about ``context`` times as many of their categories' other rows, each weighted by
+    the inverse of the sampling rate (the category's loss as over all its rows)."""
+    table = lake.read(TRAINING_EXAMPLES, version)
+    parts = [table.where(F.col("category_idx").isin([int(k) for k in categories]))] if categories else []
+    if items:
+        fresh = F.broadcast(lake.spark.createDataFrame([(int(i),) for i in items], "item_idx long"))
+        own = table.join(fresh, "item_idx").where(~F.col("category_idx").isin([int(k) for k in categories] or [0]))
+        item_categories = [int(r[0]) for r in own.select("category_idx").distinct().collect()]
+        others = table.where(F.col("category_idx").isin(item_categories)).join(fresh, "item_idx", "left_anti")
+        n_own, n_others = own.count(), others.count() if item_categories else 0
+        rate = min(1.0, context * n_own / n_others) if n_others else 0.0
+        parts.append(own)
+        if rate > 0:
+            parts.append(others.sample(fraction=rate, seed=seed).withColumn("weight", F.col("weight") / rate))
+    return _example_tensors(parts)
+
+
+def _example_tensors(parts: list[Any]) -> dict[str, Any]:
+    """The rows of the DataFrames ``parts`` (at least one) as the tensors of :func:`plan_examples`."""
     import numpy as np
     import torch
 
-    frame = (lake.read(TRAINING_EXAMPLES, version).where(F.col("category_idx").isin([int(k) for k in categories]))
-             .orderBy(*TRAINING_EXAMPLES.schema.fieldNames()).toPandas())   # fixed order: same seed, same fit
+    columns = TRAINING_EXAMPLES.schema.fieldNames()
+    union = reduce(lambda a, b: a.unionByName(b), [p.select(*columns) for p in parts])
+    frame = union.orderBy(*columns).toPandas()   # fixed order: same seed, same fit
     out = {c: torch.as_tensor(frame[c].to_numpy(np.int64)) for c in ("user_idx", "item_idx", "category_idx")}
     width = len(frame["history"].iloc[0]) if len(frame) else 0
     history = np.stack([np.asarray(h, dtype=np.int64) for h in frame["history"]]) if len(frame) else np.zeros((0, width))

@@ -1,6 +1,6 @@
 """The nightly chain for one date, restartable step by step.
 
-    ingest the day's files -> features -> retrain, adapt (few-shot) or reuse the model
+    ingest the day's files -> features -> retrain, adapt (few-shot: new categories, fresh items) or reuse the model
     -> embeddings -> candidates -> evaluation
 
 The steps are the registered stages (:mod:`xrec_spark.pipeline.stages`) of those names, with
@@ -171,17 +171,19 @@ class _Night:
             new, before = new_events_since(self.lake, trained.finished_at)
             drift = new / before if before else float("inf") if new else 0.0
             added = categories_added_since(self.lake, trained.input_versions)
-            reason = retrain_reason(trained.finished_at, self.run_date, drift, self.cfg.batch, added)
-            if reason is None:
-                self.model_version = latest.model_version
-                return {"model_version": latest.model_version, "retrained": False, "drift": round(drift, 4)}
-            plan = (few_shot_plan(self.lake, self.cfg, trained, added)
-                    if retrain_reason(trained.finished_at, self.run_date, drift, self.cfg.batch) is None else None)
+            # Schedule or drift retrain everything; otherwise new categories (up to the few-shot
+            # threshold) and items with their first train positives adapt the trained model.
+            full = retrain_reason(trained.finished_at, self.run_date, drift, self.cfg.batch)
+            plan = few_shot_plan(self.lake, self.cfg, trained, added) if full is None else None
             if plan is not None:
                 few = run_few_shot(self.lake, self.cfg, plan)
                 self.model_version = few.model_version
                 return {"model_version": few.model_version, "retrained": False, "few_shot": few.summary(),
                         "drift": round(drift, 4)}
+            reason = retrain_reason(trained.finished_at, self.run_date, drift, self.cfg.batch, added)
+            if reason is None:
+                self.model_version = latest.model_version
+                return {"model_version": latest.model_version, "retrained": False, "drift": round(drift, 4)}
         report = self._run("train")
         self.model_version = report.spec.model_version
         return {"model_version": self.model_version, "retrained": True, "reason": reason,
