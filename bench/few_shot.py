@@ -1,7 +1,17 @@
-"""Few-shot adaptation on the soak's new-category scenario: NDCG@10 of the new category and wall times.
+"""Few-shot adaptation on the soak's new-category scenario, or on new items: NDCG@10 and wall times.
 
     .venv/bin/python bench/few_shot.py                   # soak sizes, the new category has 1 train day
     .venv/bin/python bench/few_shot.py --new-share 0.1   # fewer events of the new category
+    .venv/bin/python bench/few_shot.py --scenario items  # new items in the existing categories
+
+``--scenario items``: from ``--new-category-day`` on, 80 new items of the existing categories
+take ``--new-share`` of the events (one train day: a handful of positives each); the model is
+the shipped recipe (category softmax, popularity prior, profile history) on the same sizes,
+trained on the days before. Ranked: the test (user, category) groups holding a new item, over
+their whole category (train items excluded), with (a) the base model, new items scored from
+content, category and popularity; (b) the few-shot path (their id and bias rows fitted);
+(c) a full retrain; and per-category popularity for reference. NDCG@10 counts every test
+positive of the group; "new items only" counts only the new ones.
 
 The synthetic generator of bench/soak.py (300 users, 400 items in 4 categories, 1,500 events a
 day; from ``--new-category-day`` a new category with 40 new items and 30 new users takes
@@ -36,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
@@ -44,7 +55,8 @@ from xrec_spark.features.build import build_features  # noqa: E402
 from xrec_spark.ingest.run import run_ingest  # noqa: E402
 from xrec_spark.ingest.synthetic import SyntheticPaths, synthetic_ingest_config, write_synthetic  # noqa: E402
 from xrec_spark.lineage import model_run  # noqa: E402
-from xrec_spark.pipeline.few_shot import few_shot_plan, load_run_model, run_few_shot, train_events  # noqa: E402
+from xrec_spark.pipeline.few_shot import (few_shot_plan, fresh_items, load_run_model, parent_sizes,  # noqa: E402
+                                          run_few_shot, train_events)
 from xrec_spark.session import get_spark  # noqa: E402
 from xrec_spark.tables import CATEGORY_INDEX, INTERACTIONS, ITEM_FEATURES, USER_HISTORY, Lakehouse  # noqa: E402
 from xrec_spark.train.launch import run_training  # noqa: E402
@@ -62,15 +74,30 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--new-share", type=float, default=0.3)
     p.add_argument("--steps", type=int, default=50, help="batch.few_shot_steps")
     p.add_argument("--epochs", type=int, default=1, help="train epochs of the base model and the retrain")
+    p.add_argument("--scenario", choices=("category", "items"), default="category")
     p.add_argument("--work", default="/tmp/xrec-few-shot")
     return p.parse_args(argv)
+
+
+NEW_ITEMS = 80
+
+
+def _items_recipe(args: argparse.Namespace) -> dict:
+    """Config overrides of the items scenario: new items instead of a new category, and the
+    shipped recipe (conf/local.yaml's model part) at the soak's sizes."""
+    return {"synthetic": {"new_category_day": None, "new_items_day": args.new_category_day, "new_items": NEW_ITEMS,
+                          "new_items_share": args.new_share},
+            "features": {"history_length": 20, "history_as_of": "profile", "negatives": {"per_positive": 0}},
+            "model": {"embedding_dim": 16, "hidden_dim": 32, "loss": "softmax", "item_bias": True,
+                      "user_ids": False, "history_item_dropout": 0.5, "min_item_count": 3},
+            "train": {"phases": [{"name": "finetune", "epochs": args.epochs, "lr": 0.005}]}}
 
 
 def _config(root: Path, args: argparse.Namespace):
     days = args.new_category_day + args.train_days + 1 + args.test_days
     start = date(2024, 4, 1)
     valid = start + timedelta(days=args.new_category_day + args.train_days)
-    return build_config({
+    base = {
         "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "3g",
                   "delta": {"jars_dir": str(REPO / ".cache" / "jars")},
                   "conf": {"spark.ui.enabled": "false", "spark.default.parallelism": "2"}},
@@ -86,7 +113,11 @@ def _config(root: Path, args: argparse.Namespace):
                   "tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
                   "phases": [{"name": "pretrain", "epochs": args.epochs}]},
         "batch": {"few_shot_steps": args.steps, "few_shot_max_events": 100_000},
-    }, origin="few-shot bench")
+    }
+    if args.scenario == "items":
+        for section, values in _items_recipe(args).items():
+            base[section] = {**base[section], **values}
+    return build_config(base, origin="few-shot bench")
 
 
 def _ingest(spark, lake: Lakehouse, cfg, landing: str, first: int, last: int) -> int:
@@ -126,38 +157,27 @@ def _ndcg(model: nn.Module, groups: ValidationSet) -> float:
     return validation_summary(model, groups, K, torch.device("cpu"))[0]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _args(argv)
-    work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    cfg = _config(work, args)
-    spark = get_spark(cfg)
-    spark.sparkContext.setLogLevel("ERROR")
-    lake = Lakehouse(spark, cfg.lakehouse.root)
-    landing = str(work / "landing")
-    for d in range(cfg.synthetic.days):
-        write_synthetic(spark, cfg.synthetic, landing, day=d)
-    new_day = args.new_category_day
-    _ingest(spark, lake, cfg, landing, 0, new_day - 1)
-    build_features(spark, lake, cfg)
-    clock = time.perf_counter()
-    base_report = run_training(cfg, lake)
-    base_seconds = time.perf_counter() - clock
-    base = model_run(lake, base_report.spec.model_version)
-    _ingest(spark, lake, cfg, landing, new_day, cfg.synthetic.days - 1)
-    build_features(spark, lake, cfg)
+def _train_count(lake: Lakehouse) -> np.ndarray:
+    counts = lake.read(ITEM_FEATURES).select("item_idx", "train_count").toPandas()
+    train_count = np.zeros(int(counts["item_idx"].max()) + 1)
+    train_count[counts["item_idx"].to_numpy()] = counts["train_count"].to_numpy()
+    return train_count
 
+
+def _timed(label: str, make) -> tuple[str, nn.Module, float]:
+    clock = time.perf_counter()
+    model = make()
+    return label, model, time.perf_counter() - clock
+
+
+def _category_systems(lake: Lakehouse, cfg, args: argparse.Namespace, base) -> list[tuple[str, float, float]]:
+    """(label, NDCG@10, wall s) of each system on the new category's test groups."""
     name = f"cat{cfg.synthetic.categories + 1:02d}"
     category = int(lake.read(CATEGORY_INDEX).where(f"category = '{name}'").first()["category_idx"])
     events = train_events(lake, [category])[category]
     groups = _test_groups(lake, category, cfg.features.history_length)
-    counts = lake.read(ITEM_FEATURES).select("item_idx", "train_count").toPandas()
-    train_count = np.zeros(int(counts["item_idx"].max()) + 1)
-    train_count[counts["item_idx"].to_numpy()] = counts["train_count"].to_numpy()
-    print(json.dumps({"new_category": name, "train_interactions": events, "test_groups": groups.groups,
-                      "base_model": base.model_version, "base_train_seconds": round(base_seconds, 1)}), flush=True)
-
-    rows = [("a  served today: popularity fallback", _ndcg(_Popularity(train_count), groups), 0.0)]
+    print(json.dumps({"new_category": name, "train_interactions": events, "test_groups": groups.groups}), flush=True)
+    rows = [("a  served today: popularity fallback", _ndcg(_Popularity(_train_count(lake)), groups), 0.0)]
     zero = cfg.model_copy(update={"batch": cfg.batch.model_copy(update={"few_shot_steps": 0})})
     clock = time.perf_counter()
     init = run_few_shot(lake, zero, few_shot_plan(lake, zero, base, [name]))
@@ -173,14 +193,84 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - clock
     rows.append(("c  full retrain", _ndcg(load_run_model(lake, model_run(lake, full.spec.model_version)), groups),
                  seconds))
-    for label, value, secs in rows:
-        print(json.dumps({"system": label, f"ndcg@{K}": round(value, 4), "groups": groups.groups,
-                          "seconds": round(secs, 1)}), flush=True)
-    print(f"\nnew category {name}: {events} train interactions, {groups.groups} test groups; "
+    print(f"new category {name}: {events} train interactions, {groups.groups} test groups; "
           f"neighbours {few.neighbours}, fit {few.metrics.get('few_shot_fit_seconds', 0):.1f} s")
-    print(f"| system | NDCG@{K} | wall s |\n|---|---:|---:|")
-    for label, value, secs in rows:
-        print(f"| {label} | {value:.4f} | {secs:.1f} |")
+    return rows
+
+
+def _new_item_groups(lake: Lakehouse, n_items: int, history_length: int, only_new: bool) -> ValidationSet:
+    """Test (user, category) groups holding an item above ``n_items`` (new since the base
+    model), built by the validation code; ``only_new``: only the new items count as relevant."""
+    inter = lake.read(INTERACTIONS).select("user_idx", "item_idx", "category_idx", "split", "label").toPandas()
+    inter = inter[inter["split"] != "valid"].replace({"split": {"test": "valid"}})
+    test = inter[(inter["split"] == "valid") & (inter["label"] > 0)]
+    keys = test.loc[test["item_idx"] > n_items, ["user_idx", "category_idx"]].drop_duplicates()
+    held = test.merge(keys, on=["user_idx", "category_idx"])
+    if only_new:
+        held = held[held["item_idx"] > n_items]
+    inter = pd.concat([inter[inter["split"] == "train"], held])
+    items = lake.read(ITEM_FEATURES).select("item_idx", "category_idx").toPandas()
+    histories = lake.read(USER_HISTORY).select("user_idx", "history").toPandas()
+    return build_validation(inter, items, histories, sorted(items["category_idx"].unique()), history_length, 10**9, 0)
+
+
+def _item_systems(lake: Lakehouse, cfg, args: argparse.Namespace, base) -> list[tuple[str, float, float, float]]:
+    """(label, NDCG@10, NDCG@10 new items only, wall s) of each system on the groups holding a new item."""
+    n_items = parent_sizes(base)["n_items"]
+    fresh = fresh_items(lake, base)
+    groups = [_new_item_groups(lake, n_items, cfg.features.history_length, only) for only in (False, True)]
+    print(json.dumps({"new_items": int(_train_count(lake).shape[0] - 1 - n_items), "with_train_positives": len(fresh),
+                      "their_train_positives": sum(fresh.values()), "test_groups": groups[0].groups}), flush=True)
+    systems = [("   per-category popularity", _Popularity(_train_count(lake)), 0.0),
+               _timed("a  base model: new items from content, category, popularity",
+                      lambda: load_run_model(lake, base))]
+
+    def adapted():
+        few = run_few_shot(lake, cfg, few_shot_plan(lake, cfg, base, []))
+        print(json.dumps({"few_shot": few.summary()}), flush=True)
+        return load_run_model(lake, model_run(lake, few.model_version))
+
+    systems.append(_timed(f"b  few-shot rows ({args.steps} steps)", adapted))
+    systems.append(_timed("c  full retrain",
+                          lambda: load_run_model(lake, model_run(lake, run_training(cfg, lake).spec.model_version))))
+    return [(label, _ndcg(model, groups[0]), _ndcg(model, groups[1]), secs) for label, model, secs in systems]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    cfg = _config(work, args)
+    spark = get_spark(cfg)
+    spark.sparkContext.setLogLevel("ERROR")
+    lake = Lakehouse(spark, cfg.lakehouse.root)
+    landing = str(work / "landing")
+    for d in range(cfg.synthetic.days):
+        write_synthetic(spark, cfg.synthetic, landing, day=d)
+    new_day = args.new_category_day
+    _ingest(spark, lake, cfg, landing, 0, new_day - 1)
+    build_features(spark, lake, cfg)
+    clock = time.perf_counter()
+    base = model_run(lake, run_training(cfg, lake).spec.model_version)
+    print(json.dumps({"base_model": base.model_version, "base_train_seconds": round(time.perf_counter() - clock, 1)}),
+          flush=True)
+    _ingest(spark, lake, cfg, landing, new_day, cfg.synthetic.days - 1)
+    build_features(spark, lake, cfg)
+    if args.scenario == "items":
+        rows = _item_systems(lake, cfg, args, base)
+        for label, value, new_only, secs in rows:
+            print(json.dumps({"system": label, f"ndcg@{K}": round(value, 4), f"ndcg@{K}_new_items": round(new_only, 4),
+                              "seconds": round(secs, 1)}), flush=True)
+        print(f"| system | NDCG@{K} | NDCG@{K}, new items only | wall s |\n|---|---:|---:|---:|")
+        for label, value, new_only, secs in rows:
+            print(f"| {label.strip()} | {value:.4f} | {new_only:.4f} | {secs:.1f} |")
+    else:
+        rows3 = _category_systems(lake, cfg, args, base)
+        for label, value, secs in rows3:
+            print(json.dumps({"system": label, f"ndcg@{K}": round(value, 4), "seconds": round(secs, 1)}), flush=True)
+        print(f"| system | NDCG@{K} | wall s |\n|---|---:|---:|")
+        for label, value, secs in rows3:
+            print(f"| {label} | {value:.4f} | {secs:.1f} |")
     spark.stop()
     return 0
 

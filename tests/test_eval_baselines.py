@@ -122,3 +122,7 @@ def test_als_tuned_on_valid_ranks_within_category(spark):
     assert not train1 & set(user1) and 30 not in user1        # seen and cold items never ranked
     assert set(user1) == set(range(10, 18)) - train1          # every other category-1 item
     assert got[("als", 6, 2)] == [22]                        # 20, 21 seen; 23 has no factors
+    # A one-point search has nothing to choose: fitted without a valid pass (NaN over 0 groups).
+    one = EvalConfig(als_base_rank=2, als_ranks=[2], als_reg_params=[0.01], als_alphas=[1.0], als_max_iter=5)
+    single, grid1 = tune_als(inter, features, one, block_size=64)
+    assert len(grid1) == 1 and grid1[0][0] == single.params and grid1[0][1] != grid1[0][1] and grid1[0][2] == 0

@@ -102,3 +102,7 @@ def test_tune_ease_tries_every_lambda_and_keeps_the_best_on_valid(spark):
     groups, pairs, seen = _valid_setup(inter)
     spark_ndcg, n = valid_ndcg(ease_rankings(fit, pairs, seen, 3), groups, 3)
     assert n == 2 and spark_ndcg == pytest.approx(dict((g[0], g[1]) for g in fit.grid)[fit.lam])
+    # One lambda: nothing to choose, fitted without a valid pass (NaN over 0 groups), same weights.
+    one = tune_ease(inter, features, EvalConfig(ease_items=4, ease_lambdas=[fit.lam], tune_k=3))
+    assert one.lam == fit.lam and one.grid[0][1] != one.grid[0][1] and one.grid[0][2] == 0
+    assert np.array_equal(one.weights, fit.weights)

@@ -114,9 +114,25 @@ def test_new_category_appears_on_its_day(spark):
     assert synthetic_users(spark, cfg, day=5).where(F.col("first_day") == 5).count() == 30
 
 
+def test_new_items_join_the_existing_categories_on_their_day(spark):
+    cfg = SMALL.model_copy(update={"new_items_day": 5, "new_items": 40, "new_items_share": 0.25, "image_dim": 0})
+    assert synthetic_events(spark, cfg, day=4).where(F.substring("item_id", 2, 10).cast("int") >= 400).count() == 0
+    on = synthetic_events(spark, cfg, day=5)
+    fresh = on.where(F.substring("item_id", 2, 10).cast("int") >= 400).toPandas()
+    assert 0.15 * on.count() < len(fresh) < 0.3 * on.count()
+    # New item 600 + m (after the 200 ids kept for a new category) has category m mod 4.
+    m = fresh["item_id"].str[1:].astype(int) - 600
+    assert m.between(0, 39).all() and (fresh["category"] == "cat" + (m % 4 + 1).map("{:02d}".format)).all()
+    items = synthetic_items(spark, cfg, day=5)
+    assert synthetic_items(spark, cfg, day=4).count() == 400 and items.count() == 440
+    clusters = items.where(F.col("item_id") == "i613").first()["cluster"]
+    assert clusters == (13 // 4) % 4
+
+
 @pytest.mark.parametrize(("update", "day", "message"), [
     ({"items": 3}, None, r"synthetic\.items \(3\) must be >= synthetic\.categories \(4\)"),
     ({"new_category_day": 8}, None, r"synthetic\.new_category_day \(8\) must be < synthetic\.days \(8\)"),
+    ({"new_items_day": 9}, None, r"synthetic\.new_items_day \(9\) must be < synthetic\.days \(8\)"),
     ({}, 8, r"day 8 is outside the generated period 0\.\.7"),
     ({"taste_clusters": 10_000}, None, r"synthetic\.taste_clusters \(10000\) is too large"),
 ])

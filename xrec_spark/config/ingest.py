@@ -115,3 +115,9 @@ class SyntheticConfig(_Section):
     new_category_items: int = Field(200, ge=1)
     new_category_users: int = Field(100, ge=1)
     new_category_share: float = Field(0.2, ge=0.0, le=1.0)
+    # From this day (0-based) on, new_items new items join the existing categories (same
+    # category and cluster layout as the others) and take new_items_share of the events
+    # (None: never): the cold start of items in categories the model already knows.
+    new_items_day: int | None = Field(None, ge=0)
+    new_items: int = Field(200, ge=1)
+    new_items_share: float = Field(0.2, ge=0.0, le=1.0)

@@ -168,6 +168,7 @@ def tune_als(interactions: DataFrame, item_features: DataFrame, cfg: EvalConfig,
     """
     positives = train_positives(interactions).persist()
     groups, pairs, seen = _valid_setup(interactions)
+    single = len(als_stages(cfg)) == 1 and set(cfg.als_ranks) <= {cfg.als_base_rank}
     results: list[tuple[AlsParams, float, int]] = []
     best: AlsFactors | None = None
     best_score = float("-inf")
@@ -179,6 +180,9 @@ def tune_als(interactions: DataFrame, item_features: DataFrame, cfg: EvalConfig,
                 if params in tried:
                     continue
                 factors = fit_als(positives, params, cfg.als_max_iter, cfg.seed)
+                if single:   # nothing to choose: no valid pass (its score is NaN in the grid)
+                    log.info("ALS: one point %s, fitted without a valid pass", params)
+                    return factors, [(params, float("nan"), 0)]
                 lists = als_rankings(factors, pairs, item_features, seen, cfg.tune_k, block_size)
                 score, n = valid_ndcg(lists, groups, cfg.tune_k)
                 log.info("ALS stage %d %s: valid NDCG@%d = %.5f over %d groups (%.0f s so far)",
@@ -213,6 +217,11 @@ def tune_ease(interactions: DataFrame, item_features: DataFrame, cfg: EvalConfig
     data = E.collect_ease_data(train_positives(interactions), item_features, cfg.ease_items)
     log.info("EASE: %d items, %d users with positives among them, Gram matrix in %.1f s",
              len(data.items), len(data.user_rows), clock())
+    if len(cfg.ease_lambdas) == 1:   # nothing to choose: no valid pass (its score is NaN in the grid)
+        lam = float(cfg.ease_lambdas[0])
+        fit = EaseFit(data, E.ease_weights(data.gram, lam), lam, [(lam, float("nan"), 0)], clock(), E.peak_rss_gib())
+        log.info("EASE: one lambda=%g, fitted without a valid pass in %.0f s", lam, fit.seconds)
+        return fit
     local_groups, local_pairs, seen_users = _driver_valid_setup(interactions)
     grid: list[tuple[float, float, int]] = []
     best, best_lam, best_score = None, None, float("-inf")

@@ -22,7 +22,10 @@ The planted structure:
   signal, which makes cold items scoreable from content;
 - with ``new_category_day`` set, from that day on ``new_category_share`` of events go to a new
   category (index K) with ``new_category_items`` new items; half of them come from
-  ``new_category_users`` new users (who appear only there), half from existing users.
+  ``new_category_users`` new users (who appear only there), half from existing users;
+- with ``new_items_day`` set, from that day on ``new_items_share`` of events pick, by the same
+  rules, among ``new_items`` new items of the existing categories (ids after the new
+  category's; new item ``m`` has category ``m mod K`` and cluster ``(m div K) mod C``).
 """
 
 from __future__ import annotations
@@ -64,8 +67,9 @@ def _check(cfg: SyntheticConfig, day: int | None) -> None:
     if cfg.taste_clusters * VOCAB_PER_CLUSTER + NOISE_WORDS > _WORDS:
         raise ValueError(f"synthetic.taste_clusters ({cfg.taste_clusters}) is too large for the word "
                          f"generator (at most {(_WORDS - NOISE_WORDS) // VOCAB_PER_CLUSTER})")
-    if cfg.new_category_day is not None and cfg.new_category_day >= cfg.days:
-        raise ValueError(f"synthetic.new_category_day ({cfg.new_category_day}) must be < synthetic.days ({cfg.days})")
+    for name in ("new_category_day", "new_items_day"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) >= cfg.days:
+            raise ValueError(f"synthetic.{name} ({getattr(cfg, name)}) must be < synthetic.days ({cfg.days})")
     if day is not None and not 0 <= day < cfg.days:
         raise ValueError(f"day {day} is outside the generated period 0..{cfg.days - 1} (synthetic.days)")
 
@@ -133,6 +137,14 @@ def synthetic_events(spark: SparkSession, cfg: SyntheticConfig, day: int | None 
     r = _zipf_rank(F.when(use_slice, n_slice).otherwise(n_cat), cfg.popularity_skew, u("item"))
     item = F.when(use_slice, k + K * c + K * C * r).otherwise(k + K * r)
 
+    if cfg.new_items_day is not None:
+        fresh = (event_day >= cfg.new_items_day) & (u("fresh") < F.lit(cfg.new_items_share))
+        f_slice, f_cat = _slice_size(cfg.new_items, k + K * c, K * C), _slice_size(cfg.new_items, k, K)
+        use_f_slice = in_cluster & (f_slice > 0)
+        r_f = _zipf_rank(F.when(use_f_slice, f_slice).otherwise(f_cat), cfg.popularity_skew, u("item"))
+        m = F.when(use_f_slice, k + K * c + K * C * r_f).otherwise(k + K * r_f)
+        item = F.when(fresh & (f_cat > 0), F.lit(_new_items_base(cfg)) + m).otherwise(item)
+
     if cfg.new_category_day is not None:
         is_new = (event_day >= cfg.new_category_day) & (u("new") < F.lit(cfg.new_category_share))
         new_user = F.lit(cfg.users) + F.floor(u("new_user") * cfg.new_category_users).cast(T.LongType())
@@ -189,6 +201,15 @@ def _has_new_category(cfg: SyntheticConfig, day: int | None) -> bool:
     return cfg.new_category_day is not None and (day is None or day >= cfg.new_category_day)
 
 
+def _has_new_items(cfg: SyntheticConfig, day: int | None) -> bool:
+    return cfg.new_items_day is not None and (day is None or day >= cfg.new_items_day)
+
+
+def _new_items_base(cfg: SyntheticConfig) -> int:
+    """The first new item's id: after the items and the new category's."""
+    return cfg.items + cfg.new_category_items
+
+
 def synthetic_items(spark: SparkSession, cfg: SyntheticConfig, day: int | None = None) -> DataFrame:
     """Items existing as of ``day`` (all when None): item_id, category, cluster, title, text,
     and image_vector (array<float> of image_dim) when image_dim > 0."""
@@ -201,6 +222,11 @@ def synthetic_items(spark: SparkSession, cfg: SyntheticConfig, day: int | None =
         new = spark.range(cfg.items, cfg.items + cfg.new_category_items, 1, 1).select(
             j, F.lit(K).cast(T.LongType()).alias("k"), ((j - cfg.items) % C).alias("c"))
         items = items.unionByName(new)
+    if _has_new_items(cfg, day):
+        base = _new_items_base(cfg)
+        fresh = spark.range(base, base + cfg.new_items, 1, 1).select(
+            j, ((j - base) % K).alias("k"), (F.floor((j - base) / K) % C).alias("c"))
+        items = items.unionByName(fresh)
     item, cluster, k = F.col("id"), F.col("c"), F.col("k")
     title = F.concat_ws(" ", *_words(cfg, item, cluster, range(2), False), *_words(cfg, item, cluster, range(1), True))
     text = F.concat_ws(" ", *_words(cfg, item, cluster, range(2, 6), False),
