@@ -117,7 +117,7 @@ def _few_shot_night(steps, checks: dict[str, object]) -> bool:
     schedule and drift settings do not retrain that night)."""
     train = next(s for s in steps if s.step == "train").summary
     few = train.get("few_shot")
-    checks["few-shot"] = ({"parent": few["parent"], "categories": few["categories"]} if few
+    checks["few-shot"] = ({"parent": few["parent"], "categories": few["categories"], "items": few.get("items")} if few
                           else f"no: {train.get('reason') or 'model reused'}")
     return bool(few)
 
