@@ -54,6 +54,40 @@ def test_merge_is_idempotent_and_versions_advance(spark, lakehouse):
     assert lakehouse.read(BRONZE_QUARANTINE, version=0).count() == 0
 
 
+def test_a_first_merge_into_an_empty_table_is_an_append_and_later_ones_merge(spark, lakehouse):
+    rows = _quarantine_rows(spark, ["a", "b", "a"])
+    assert lakehouse.merge(BRONZE_QUARANTINE, rows, keys=["raw"], update=False)["numTargetRowsInserted"] == 3
+    path = lakehouse.path(BRONZE_QUARANTINE)
+    assert DeltaTable.forPath(spark, path).history(1).first()["operation"] == "WRITE"
+    # Like a MERGE into an empty table: every source row lands, duplicate source keys included.
+    assert sorted(r["raw"] for r in lakehouse.read(BRONZE_QUARANTINE).collect()) == ["a", "a", "b"]
+    again = lakehouse.merge(BRONZE_QUARANTINE, _quarantine_rows(spark, ["b", "c"]), keys=["raw"], update=False)
+    assert again["numTargetRowsInserted"] == 1
+    assert DeltaTable.forPath(spark, path).history(1).first()["operation"] == "MERGE"
+
+
+def test_two_first_merges_at_once_leave_one_row_per_key(spark, tmp_path):
+    """Two writers MERGE overlapping rows into the same new table together: whichever way the
+    race goes (both append beside each other, or one MERGEs after the other), every key lands
+    once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from xrec_spark.tables import Lakehouse
+
+    lake = Lakehouse(spark, str(tmp_path / "race"))
+    halves = [_quarantine_rows(spark, ["a", "b", "c"]), _quarantine_rows(spark, ["c", "d"])]
+    start = threading.Barrier(2)
+
+    def write(i: int) -> dict:
+        start.wait()
+        return lake.merge(BRONZE_QUARANTINE, halves[i], keys=["raw"], update=False)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        [f.result(timeout=300) for f in [pool.submit(write, i) for i in range(2)]]
+    assert sorted(r["raw"] for r in lake.read(BRONZE_QUARANTINE).collect()) == ["a", "b", "c", "d"]
+
+
 def test_version_from_the_log_listing_matches_history_past_a_checkpoint(spark, lakehouse):
     lakehouse.create_if_missing(BRONZE_QUARANTINE)
     path = lakehouse.path(BRONZE_QUARANTINE)
