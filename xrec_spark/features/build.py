@@ -42,7 +42,7 @@ from xrec_spark.lineage import JobRun, digest
 from xrec_spark.names import TRAIN
 from xrec_spark.tables import (
     BRONZE_EVENTS, BRONZE_ITEMS, CATEGORY_INDEX, CATEGORY_TRANSFER, INTERACTIONS, ITEM_FEATURES, ITEM_INDEX,
-    TRAINING_EXAMPLES, USER_CATEGORY_AFFINITY, USER_HISTORY, USER_INDEX, Lakehouse, TableSpec,
+    TRAINING_EXAMPLES, USER_CATEGORY_AFFINITY, USER_HISTORY, USER_INDEX, Lakehouse, TableSpec, each_table,
 )
 
 log = logging.getLogger(__name__)
@@ -278,8 +278,8 @@ def _build_examples(run: _Run, cfg: JobConfig) -> None:
 def _summarise(run: _Run, cfg: JobConfig, run_id: str, input_versions: dict[str, int], cutoffs: Cutoffs,
                new_ids: dict[str, int], counts: Row, top_pairs: int) -> FeaturesSummary:
     lakehouse = run.lakehouse
-    for spec in (USER_INDEX, ITEM_INDEX, CATEGORY_INDEX):
-        run.rows[spec.qualified] = lakehouse.read(spec).count()
+    indexes = (USER_INDEX, ITEM_INDEX, CATEGORY_INDEX)
+    run.rows.update(zip((s.qualified for s in indexes), each_table(indexes, lambda s: lakehouse.read(s).count())))
     row_counts = {spec.qualified: run.rows[spec.qualified] for spec in OUTPUTS}
     n_positives = lakehouse.read(INTERACTIONS).where((F.col("split") == TRAIN) & (F.col("label") == 1)).count()
     negatives = row_counts[TRAINING_EXAMPLES.qualified] - n_positives

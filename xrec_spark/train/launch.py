@@ -138,9 +138,11 @@ def build_spec(cfg: JobConfig, lake: Lakehouse, resume: ResumeMode = "auto", fai
         log.warning("%s has %d files for %d processes: petastorm needs at least one row group per rank "
                     "(raise features.training_files)", TRAINING_EXAMPLES.qualified, len(examples.files),
                     cfg.train.num_processes)
-    sizes = Sizes(n_users=_max_idx(lake, inputs[USER_INDEX.qualified], USER_INDEX, "user_idx"),
-                  n_items=_max_idx(lake, inputs[ITEM_INDEX.qualified], ITEM_INDEX, "item_idx"),
-                  n_categories=_max_idx(lake, inputs[CATEGORY_INDEX.qualified], CATEGORY_INDEX, "category_idx"))
+    column = {USER_INDEX.qualified: "user_idx", ITEM_INDEX.qualified: "item_idx",
+              CATEGORY_INDEX.qualified: "category_idx"}
+    n_users, n_items, n_categories = each_table(
+        (USER_INDEX, ITEM_INDEX, CATEGORY_INDEX), lambda s: _max_idx(lake, inputs[s.qualified], s, column[s.qualified]))
+    sizes = Sizes(n_users=n_users, n_items=n_items, n_categories=n_categories)
     all_categories = list(range(1, sizes.n_categories + 1))
     targets = _targets(cfg, lake, inputs[CATEGORY_INDEX.qualified])
     sources = _sources(cfg, lake, inputs.get(CATEGORY_TRANSFER.qualified), targets, all_categories)
