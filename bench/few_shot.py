@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from datetime import date, timedelta
@@ -44,6 +43,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -57,10 +57,10 @@ from xrec_spark.ingest.synthetic import SyntheticPaths, synthetic_ingest_config,
 from xrec_spark.lineage import model_run  # noqa: E402
 from xrec_spark.pipeline.few_shot import (few_shot_plan, fresh_items, load_run_model, parent_sizes,  # noqa: E402
                                           run_few_shot, train_events)
-from xrec_spark.session import get_spark  # noqa: E402
 from xrec_spark.tables import CATEGORY_INDEX, INTERACTIONS, ITEM_FEATURES, USER_HISTORY, Lakehouse  # noqa: E402
 from xrec_spark.train.launch import run_training  # noqa: E402
 from xrec_spark.train.validation import ValidationSet, build_validation, validation_summary  # noqa: E402
+from soak import fresh_lake  # noqa: E402
 
 K = 10
 
@@ -239,11 +239,7 @@ def _item_systems(lake: Lakehouse, cfg, args: argparse.Namespace, base) -> list[
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    cfg = _config(work, args)
-    spark = get_spark(cfg)
-    spark.sparkContext.setLogLevel("ERROR")
-    lake = Lakehouse(spark, cfg.lakehouse.root)
+    cfg, spark, lake = fresh_lake(work, lambda root: _config(root, args))
     landing = str(work / "landing")
     for d in range(cfg.synthetic.days):
         write_synthetic(spark, cfg.synthetic, landing, day=d)

@@ -31,15 +31,17 @@ import sys
 import time
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pyspark.sql import SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
 from xrec_spark.pipeline.nightly import run_nightly  # noqa: E402
 from xrec_spark.pipeline.stages import stage  # noqa: E402
-from xrec_spark.config import SyntheticConfig, build_config  # noqa: E402
+from xrec_spark.config import JobConfig, build_config  # noqa: E402
 from xrec_spark.ingest.run import run_ingest  # noqa: E402
 from xrec_spark.ingest.synthetic import SyntheticPaths, synthetic_ingest_config, write_synthetic  # noqa: E402
 from xrec_spark.session import get_spark  # noqa: E402
@@ -122,14 +124,20 @@ def _few_shot_night(steps, checks: dict[str, object]) -> bool:
     return bool(few)
 
 
+def fresh_lake(work: Path, make_config: Callable[[Path], JobConfig]) -> tuple[JobConfig, SparkSession, Lakehouse]:
+    """An emptied ``work`` folder, the config ``make_config`` gives for it, its Spark session
+    (errors only in the log) and lakehouse: the start of this bench and bench/few_shot.py."""
+    shutil.rmtree(work, ignore_errors=True)
+    cfg = make_config(work)
+    spark = get_spark(cfg)
+    spark.sparkContext.setLogLevel("ERROR")
+    return cfg, spark, Lakehouse(spark, cfg.lakehouse.root)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    cfg = _config(work, args)
-    spark = get_spark(cfg)
-    spark.sparkContext.setLogLevel("ERROR")
-    lake = Lakehouse(spark, cfg.lakehouse.root)
+    cfg, spark, lake = fresh_lake(work, lambda root: _config(root, args))
     new_category = f"cat{cfg.synthetic.categories + 1:02d}"
     ok, report = True, []
     previous = {spec.qualified: {} for spec, _, _ in INDEXES}
