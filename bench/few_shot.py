@@ -59,7 +59,8 @@ from xrec_spark.pipeline.few_shot import (few_shot_plan, fresh_items, load_run_m
                                           run_few_shot, train_events)
 from xrec_spark.tables import CATEGORY_INDEX, INTERACTIONS, ITEM_FEATURES, USER_HISTORY, Lakehouse  # noqa: E402
 from xrec_spark.train.launch import run_training  # noqa: E402
-from xrec_spark.train.validation import ValidationSet, build_validation, validation_summary  # noqa: E402
+from xrec_spark.train.validation import (ValidationSet, build_validation, group_ndcg,  # noqa: E402
+                                         validation_summary)
 from soak import fresh_lake  # noqa: E402
 
 K = 10
@@ -233,7 +234,20 @@ def _item_systems(lake: Lakehouse, cfg, args: argparse.Namespace, base) -> list[
     systems.append(_timed(f"b  few-shot rows ({args.steps} steps)", adapted))
     systems.append(_timed("c  full retrain",
                           lambda: load_run_model(lake, model_run(lake, run_training(cfg, lake).spec.model_version))))
+    per_group = [group_ndcg(model, groups[0], K, torch.device("cpu")) for _, model, _ in systems]
+    for other in (1, 3):   # the few-shot rows against the base model and the retrain, same groups
+        low, high = _paired_interval(per_group[2], per_group[other])
+        print(json.dumps({"difference": f"b - {systems[other][0].split()[0]}", f"ndcg@{K}": round(
+            float(np.nanmean(per_group[2] - per_group[other])), 4), "ci95": [round(low, 4), round(high, 4)]}), flush=True)
     return [(label, _ndcg(model, groups[0]), _ndcg(model, groups[1]), secs) for label, model, secs in systems]
+
+
+def _paired_interval(a: np.ndarray, b: np.ndarray, samples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of mean(a - b) over groups resampled with replacement (paired)."""
+    diff = (a - b)[~np.isnan(a - b)]
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (samples, len(diff)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def main(argv: list[str] | None = None) -> int:
