@@ -76,6 +76,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=50, help="batch.few_shot_steps")
     p.add_argument("--epochs", type=int, default=1, help="train epochs of the base model and the retrain")
     p.add_argument("--scenario", choices=("category", "items"), default="category")
+    p.add_argument("--recipe", choices=("soak", "shipped"), default="soak",
+                   help="the category scenario's model: the soak's (8-dim, BCE) or the shipped recipe the items "
+                        "scenario always uses")
     p.add_argument("--work", default="/tmp/xrec-few-shot")
     return p.parse_args(argv)
 
@@ -115,8 +118,11 @@ def _config(root: Path, args: argparse.Namespace):
                   "phases": [{"name": "pretrain", "epochs": args.epochs}]},
         "batch": {"few_shot_steps": args.steps, "few_shot_max_events": 100_000},
     }
-    if args.scenario == "items":
-        for section, values in _items_recipe(args).items():
+    overrides = _items_recipe(args)
+    if args.scenario != "items":
+        overrides.pop("synthetic")
+    if args.scenario == "items" or args.recipe == "shipped":
+        for section, values in overrides.items():
             base[section] = {**base[section], **values}
     return build_config(base, origin="few-shot bench")
 
@@ -178,25 +184,31 @@ def _category_systems(lake: Lakehouse, cfg, args: argparse.Namespace, base) -> l
     events = train_events(lake, [category])[category]
     groups = _test_groups(lake, category, cfg.features.history_length)
     print(json.dumps({"new_category": name, "train_interactions": events, "test_groups": groups.groups}), flush=True)
-    rows = [("a  served today: popularity fallback", _ndcg(_Popularity(_train_count(lake)), groups), 0.0)]
     zero = cfg.model_copy(update={"batch": cfg.batch.model_copy(update={"few_shot_steps": 0})})
-    clock = time.perf_counter()
-    init = run_few_shot(lake, zero, few_shot_plan(lake, zero, base, [name]))
-    rows.append(("a' nearest-heads init, no fine-tune", _ndcg(load_run_model(lake, model_run(lake, init.model_version)),
-                                                             groups), time.perf_counter() - clock))
-    clock = time.perf_counter()
-    few = run_few_shot(lake, cfg, few_shot_plan(lake, cfg, base, [name]))
-    seconds = time.perf_counter() - clock
-    rows.append((f"b  few-shot ({args.steps} steps)",
-                 _ndcg(load_run_model(lake, model_run(lake, few.model_version)), groups), seconds))
-    clock = time.perf_counter()
-    full = run_training(cfg, lake)
-    seconds = time.perf_counter() - clock
-    rows.append(("c  full retrain", _ndcg(load_run_model(lake, model_run(lake, full.spec.model_version)), groups),
-                 seconds))
-    print(f"new category {name}: {events} train interactions, {groups.groups} test groups; "
-          f"neighbours {few.neighbours}, fit {few.metrics.get('few_shot_fit_seconds', 0):.1f} s")
-    return rows
+
+    def adapted(run_cfg):
+        few = run_few_shot(lake, run_cfg, few_shot_plan(lake, run_cfg, base, [name]))
+        print(json.dumps({"few_shot": few.summary()}), flush=True)
+        return load_run_model(lake, model_run(lake, few.model_version))
+
+    systems = [("a  served today: popularity fallback", _Popularity(_train_count(lake)), 0.0),
+               _timed("a' nearest-heads init, no fine-tune", lambda: adapted(zero)),
+               _timed(f"b  few-shot ({args.steps} steps)", lambda: adapted(cfg)),
+               _timed("c  full retrain",
+                      lambda: load_run_model(lake, model_run(lake, run_training(cfg, lake).spec.model_version)))]
+    _print_intervals(systems, groups, few_shot=2, others=(0, 3))
+    return [(label, _ndcg(model, groups), secs) for label, model, secs in systems]
+
+
+def _print_intervals(systems: list[tuple[str, nn.Module, float]], groups: ValidationSet, few_shot: int,
+                     others: tuple[int, ...]) -> None:
+    """The few-shot system against each of ``others``: mean NDCG@K difference, paired 95% interval."""
+    per_group = [group_ndcg(model, groups, K, torch.device("cpu")) for _, model, _ in systems]
+    for other in others:
+        low, high = _paired_interval(per_group[few_shot], per_group[other])
+        print(json.dumps({"difference": f"{systems[few_shot][0].split()[0]} - {systems[other][0].split()[0]}",
+                          f"ndcg@{K}": round(float(np.nanmean(per_group[few_shot] - per_group[other])), 4),
+                          "ci95": [round(low, 4), round(high, 4)]}), flush=True)
 
 
 def _new_item_groups(lake: Lakehouse, n_items: int, history_length: int, only_new: bool) -> ValidationSet:
@@ -234,11 +246,7 @@ def _item_systems(lake: Lakehouse, cfg, args: argparse.Namespace, base) -> list[
     systems.append(_timed(f"b  few-shot rows ({args.steps} steps)", adapted))
     systems.append(_timed("c  full retrain",
                           lambda: load_run_model(lake, model_run(lake, run_training(cfg, lake).spec.model_version))))
-    per_group = [group_ndcg(model, groups[0], K, torch.device("cpu")) for _, model, _ in systems]
-    for other in (1, 3):   # the few-shot rows against the base model and the retrain, same groups
-        low, high = _paired_interval(per_group[2], per_group[other])
-        print(json.dumps({"difference": f"b - {systems[other][0].split()[0]}", f"ndcg@{K}": round(
-            float(np.nanmean(per_group[2] - per_group[other])), 4), "ci95": [round(low, 4), round(high, 4)]}), flush=True)
+    _print_intervals(systems, groups[0], few_shot=2, others=(1, 3))   # vs the base model and the retrain
     return [(label, _ndcg(model, groups[0]), _ndcg(model, groups[1]), secs) for label, model, secs in systems]
 
 
