@@ -96,6 +96,10 @@ def test_version_from_the_log_listing_matches_history_past_a_checkpoint(spark, l
         lakehouse.merge(BRONZE_QUARANTINE, _quarantine_rows(spark, [raw]), keys=["raw"], update=False)
     history = DeltaTable.forPath(spark, path).history(1).select("version").first()["version"]
     assert lakehouse.version(BRONZE_QUARANTINE) == latest_commit(spark, path) == history == 5
+    # A commit's metrics read from its log file are the ones DESCRIBE HISTORY shows.
+    shown = DeltaTable.forPath(spark, path).history(1).first()["operationMetrics"]
+    assert lakehouse.last_operation_metrics(BRONZE_QUARANTINE) == {k: int(v) for k, v in shown.items()}
+    assert lakehouse.last_operation_metrics(BRONZE_QUARANTINE)["numTargetRowsInserted"] == 1
     assert latest_commit(spark, f"{lakehouse.root}/no/such/table") is None
 
 

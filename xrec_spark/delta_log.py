@@ -53,3 +53,12 @@ def commit_actions(spark: SparkSession, table_path: str, version: int) -> list[d
     finally:
         stream.close()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def commit_metrics(spark: SparkSession, table_path: str, version: int) -> dict[str, int] | None:
+    """The ``operationMetrics`` of commit ``version`` (its ``commitInfo``: what DESCRIBE HISTORY
+    shows) as ints, or None when the commit or its ``commitInfo`` cannot be read here."""
+    info = next((a["commitInfo"] for a in commit_actions(spark, table_path, version) or [] if "commitInfo" in a), None)
+    if info is None:
+        return None
+    return {k: int(v) for k, v in (info.get("operationMetrics") or {}).items() if str(v).lstrip("-").isdigit()}

@@ -35,7 +35,8 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from xrec_spark.delta_log import commit_actions, latest_commit  # noqa: F401  (latest_commit re-exported)
+from xrec_spark.delta_log import (  # noqa: F401  (latest_commit re-exported)
+    commit_actions, commit_metrics, latest_commit)
 from xrec_spark.names import SAFE_ID_PATTERN
 from xrec_spark.table_specs import (  # noqa: F401  (re-exported: the one import place of table specs)
     ALL_TABLES, BRONZE_EVENTS, BRONZE_ITEMS, BRONZE_QUARANTINE, CANDIDATES, CATEGORY_INDEX, CATEGORY_TRANSFER,
@@ -342,9 +343,7 @@ class Lakehouse:
         state a MERGE would have left. Metrics as a MERGE's (``numTargetRowsInserted``)."""
         self.append(spec, data, job)
         if self.version(spec) == 1:   # ours, right after the empty creation
-            info = next((a["commitInfo"] for a in commit_actions(self.spark, self.path(spec), 1) or []
-                         if "commitInfo" in a), {})
-            metrics = {k: int(v) for k, v in (info.get("operationMetrics") or {}).items() if str(v).isdigit()}
+            metrics = self.last_operation_metrics(spec, 1)
             return {"numTargetRowsInserted": metrics.get("numOutputRows", 0), **metrics}
         log.warning("%s: another writer committed beside this first write; keeping one row per key %s",
                     spec.qualified, keys)
@@ -362,7 +361,14 @@ class Lakehouse:
                f"delta.`{source.path(spec)}` VERSION AS OF {int(version)}")
         _with_retry(lambda: self.spark.sql(sql), f"shallow clone of {spec.qualified}")
 
-    def last_operation_metrics(self, spec: TableSpec) -> dict[str, int]:
-        row = DeltaTable.forPath(self.spark, self.path(spec)).history(1).select("operationMetrics").first()
+    def last_operation_metrics(self, spec: TableSpec, version: int | None = None) -> dict[str, int]:
+        """Delta's operation metrics of commit ``version`` (default: the latest) as ints, read
+        from the commit file (no Spark job), else from the table's history."""
+        version = self.version(spec) if version is None else version
+        found = commit_metrics(self.spark, self.path(spec), version) if version is not None else None
+        if found is not None:
+            return found
+        history = DeltaTable.forPath(self.spark, self.path(spec)).history()
+        row = history.where(F.col("version") == version).select("operationMetrics").first()
         metrics = (row["operationMetrics"] or {}) if row else {}
         return {k: int(v) for k, v in metrics.items() if str(v).lstrip("-").isdigit()}

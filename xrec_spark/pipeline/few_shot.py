@@ -254,7 +254,9 @@ def plan_examples(lake: Lakehouse, version: int | None, categories: Sequence[int
     parts = [table.where(F.col("category_idx").isin([int(k) for k in categories]))] if categories else []
     if items:
         fresh = F.broadcast(lake.spark.createDataFrame([(int(i),) for i in items], "item_idx long"))
-        own = table.join(fresh, "item_idx").where(~F.col("category_idx").isin([int(k) for k in categories] or [0]))
+        own = table.join(fresh, "item_idx")
+        if categories:   # their rows are in the first part already
+            own = own.where(~F.col("category_idx").isin([int(k) for k in categories]))
         item_categories = [int(r[0]) for r in own.select("category_idx").distinct().collect()]
         others = table.where(F.col("category_idx").isin(item_categories)).join(fresh, "item_idx", "left_anti")
         n_own, n_others = own.count(), others.count() if item_categories else 0
