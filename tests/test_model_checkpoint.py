@@ -107,3 +107,23 @@ def test_save_model_checks_its_arguments(tmp_path):
     with pytest.raises(TypeError, match="unwrap DDP"):
         save_model(tmp_path / "m.pt", torch.nn.Linear(2, 2), {"model_version": "v"})  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_rows_an_item_does_not_own_are_saved_as_zeros(tmp_path):
+    """min_item_count=2: items 2, 4, 6, 7 (0 or 1 train positives) never use their id and
+    history rows, which keep their random start; the file holds zeros there, so an item that
+    crosses the threshold in a later feature build is not scored with that noise. Owned rows
+    and every score on the same item content are unchanged."""
+    cfg = {"min_item_count": 2, "history_item_rows": True}
+    model = _trained(**cfg)
+    with torch.no_grad():   # history rows start at zero: give them values to mask
+        model.history_rows.weight.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(3))
+    save_model(tmp_path / "m.pt", model, {"model_version": "v1"})
+    loaded, _ = load_model(tmp_path / "m.pt", _content(**cfg))
+    unowned, owned = [2, 4, 6, 7], [1, 3, 5, 8]   # train_count 5 0 2 1 3 0 1 4
+    for name in ("item_tower.ids.weight", "history_rows.weight"):
+        live, saved = model.state_dict()[name], loaded.state_dict()[name]
+        assert torch.all(live[unowned] != 0) and torch.all(saved[unowned] == 0), name
+        assert torch.equal(saved[owned], live[owned]), name
+    with torch.no_grad():
+        assert torch.equal(model(tiny_batch()), loaded(tiny_batch()))

@@ -331,3 +331,32 @@ def test_few_shot_fits_the_rows_of_items_with_their_first_positives(spark, tmp_p
             assert torch.equal(new[:7], value) and torch.all(new[8:] == 0) and torch.any(new[7] != 0), name
         else:
             assert torch.equal(new, value), f"{name} changed"
+
+
+def test_fresh_items_are_first_positives_and_items_crossing_min_item_count(spark, tmp_path):
+    """The parent (min_item_count 3) trained on item counts 5 2 0 1 0; now they are 6 3 1 2 0,
+    plus item 6 with 4. Fresh: item 2 (2 -> 3: its id row was masked, saved as zeros), item 3
+    (first positive) and item 6 (new). Not item 4 (1 -> 2: still below 3, its bias was trained)."""
+    from xrec_spark.lineage import model_run
+    from xrec_spark.model.checkpoint import read_checkpoint
+    from xrec_spark.pipeline.few_shot import fresh_items
+    from xrec_spark.tables import RUNS
+
+    lake = Lakehouse(spark, str(tmp_path / "lake"))
+
+    def features(counts):
+        return spark.createDataFrame([(i, 1, f"item {i}", None, None, c) for i, c in enumerate(counts, 1)],
+                                     ITEM_FEATURES.schema)
+
+    lake.append(ITEM_FEATURES, features([5, 2, 0, 1, 0]))
+    cfg = ModelConfig(embedding_dim=8, hidden_dim=8, hash_buckets=64, max_tokens=4, item_bias=True, min_item_count=3)
+    path = tmp_path / "m-parent.pt"
+    content = ItemContent.from_frame(lake.read(ITEM_FEATURES).toPandas(), cfg, 5)
+    save_model(path, CrossCategoryModel(cfg, ModelSizes(n_users=2, n_items=5, n_categories=1), content),
+               {"model_version": "m-parent"})
+    assert torch.all(read_checkpoint(path)[0]["item_tower.ids.weight"][2:] == 0)   # items 2-5 own no row
+    then = {ITEM_FEATURES.qualified: lake.version(ITEM_FEATURES)}
+    row = ("run-parent", "m-parent", "cfg", then, {}, str(path), utc_now(), utc_now(), None)
+    lake.append(RUNS, spark.createDataFrame([row], RUNS.schema))
+    lake.overwrite(ITEM_FEATURES, features([6, 3, 1, 2, 0, 4]))
+    assert fresh_items(lake, model_run(lake, "m-parent")) == {2: 3, 3: 1, 6: 4}

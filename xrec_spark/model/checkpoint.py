@@ -65,7 +65,7 @@ def save_model(path: str | Path, model: CrossCategoryModel, meta: Mapping[str, A
         meta_json = json.dumps(full, sort_keys=True)
     except TypeError as e:
         raise TypeError(f"save_model: meta is not JSON-serialisable: {e}") from e
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = _unowned_rows_zeroed(model, {k: v.detach().cpu() for k, v in model.state_dict().items()})
     payload = {"state_dict": state, "meta": meta_json, "sha256": _digest(state, meta_json)}
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +79,29 @@ def save_model(path: str | Path, model: CrossCategoryModel, meta: Mapping[str, A
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+# The item tables whose rows an item owns only with model.min_item_count train positives.
+OWNED_ROW_TABLES = ("item_tower.ids.weight", "history_rows.weight")
+
+
+def _unowned_rows_zeroed(model: CrossCategoryModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the id and history rows of the items that own none written as zeros.
+
+    Why: an item with fewer than ``min_item_count`` train positives never uses its rows (the
+    model masks them), so they still hold their random initial values. Once the item crosses the
+    threshold in a later feature build, the model would score it with that noise; a zero row
+    adds nothing, and the item is served from its content, category, popularity and bias until a
+    few-shot fit or a retrain trains the row. The live model is not changed, and its scores equal
+    the saved model's on the same item content.
+    """
+    tower = model.item_tower
+    for name in OWNED_ROW_TABLES:
+        if name in state:
+            rows = torch.arange(state[name].shape[0], device=tower.content_log_popularity.device)
+            owned = tower.has_id_row(rows).cpu().to(state[name].dtype).unsqueeze(1)
+            state[name] = state[name] * owned
+    return state
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -98,29 +98,39 @@ def train_events(lake: Lakehouse, categories: Sequence[int]) -> dict[int, int]:
     return {int(k): counts.get(int(k), 0) for k in categories}
 
 
-def parent_sizes(parent: ModelRun) -> dict[str, int]:
-    """``parent``'s n_users, n_items, n_categories (its checkpoint's meta)."""
+def parent_meta(parent: ModelRun) -> dict[str, Any]:
+    """The meta of ``parent``'s checkpoint (sizes, model config, ...)."""
     from xrec_spark.model.checkpoint import read_checkpoint
 
-    return {k: int(v) for k, v in read_checkpoint(parent.checkpoint_path)[1]["sizes"].items()}
+    return read_checkpoint(parent.checkpoint_path)[1]
+
+
+def parent_sizes(parent: ModelRun) -> dict[str, int]:
+    """``parent``'s n_users, n_items, n_categories (its checkpoint's meta)."""
+    return {k: int(v) for k, v in parent_meta(parent)["sizes"].items()}
 
 
 def fresh_items(lake: Lakehouse, parent: ModelRun, new_categories: Sequence[int] = ()) -> dict[int, int]:
-    """``{item_idx: train positives}`` of the items that have train positives now and had none
-    when ``parent`` trained (above its item count, or without a positive in the
-    silver.item_features version it read, when its inputs name one), in a category it knows or
-    in ``new_categories``."""
-    sizes = parent_sizes(parent)
+    """``{item_idx: train positives}`` of the items with train positives now whose rows
+    ``parent`` never trained, in a category it knows or in ``new_categories``: items that had
+    no positive when it trained (above its item count, or none in the silver.item_features
+    version it read, when its inputs name one), and items that had fewer than its
+    ``model.min_item_count`` then and at least that many now (it masked their id row and saved
+    it as zeros, so they would be served without one until fitted)."""
+    meta = parent_meta(parent)
+    sizes = {k: int(v) for k, v in meta["sizes"].items()}
     categories = [*range(1, sizes["n_categories"] + 1), *new_categories]
-    n_items = sizes["n_items"]
     now = (lake.read(ITEM_FEATURES).where((F.col("train_count") > 0) & F.col("category_idx").isin(categories))
            .select("item_idx", "train_count"))
     then = parent.input_versions.get(ITEM_FEATURES.qualified)
     if then is None:
-        fresh = now.where(F.col("item_idx") > n_items)
+        fresh = now.where(F.col("item_idx") > sizes["n_items"])
     else:
-        known = lake.read(ITEM_FEATURES, then).where(F.col("train_count") > 0).select("item_idx")
-        fresh = now.join(known, "item_idx", "left_anti")
+        owns = int(meta["model_config"].get("min_item_count", 0))
+        before = lake.read(ITEM_FEATURES, then).select("item_idx", F.col("train_count").alias("then"))
+        crossed = (F.col("then") < owns) & (F.col("train_count") >= owns) if owns > 1 else F.lit(False)
+        fresh = (now.join(before, "item_idx", "left")
+                 .where(F.col("then").isNull() | (F.col("then") == 0) | crossed).drop("then"))
     return {int(r["item_idx"]): int(r["train_count"]) for r in fresh.collect()}
 
 
