@@ -232,8 +232,8 @@ def _item_systems(lake: Lakehouse, cfg, args: argparse.Namespace, base) -> list[
     n_items = parent_sizes(base)["n_items"]
     fresh = fresh_items(lake, base)
     groups = [_new_item_groups(lake, n_items, cfg.features.history_length, only) for only in (False, True)]
-    print(json.dumps({"new_items": int(_train_count(lake).shape[0] - 1 - n_items), "with_train_positives": len(fresh),
-                      "their_train_positives": sum(fresh.values()), "test_groups": groups[0].groups}), flush=True)
+    print(json.dumps({"new_items": int(_train_count(lake).shape[0] - 1 - n_items), "fresh_items": len(fresh),
+                      "fresh_items_train_positives": sum(fresh.values()), "test_groups": groups[0].groups}), flush=True)
     systems = [("   per-category popularity", _Popularity(_train_count(lake)), 0.0),
                _timed("a  base model: new items from content, category, popularity",
                       lambda: load_run_model(lake, base))]
