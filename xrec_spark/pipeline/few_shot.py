@@ -128,7 +128,7 @@ def fresh_items(lake: Lakehouse, parent: ModelRun, new_categories: Sequence[int]
     else:
         owns = int(meta["model_config"].get("min_item_count", 0))
         before = lake.read(ITEM_FEATURES, then).select("item_idx", F.col("train_count").alias("then"))
-        crossed = (F.col("then") < owns) & (F.col("train_count") >= owns) if owns > 1 else F.lit(False)
+        crossed = (F.col("then") < owns) & (F.col("train_count") >= owns)   # at 0 or 1: nothing beyond then == 0
         fresh = (now.join(before, "item_idx", "left")
                  .where(F.col("then").isNull() | (F.col("then") == 0) | crossed).drop("then"))
     return {int(r["item_idx"]): int(r["train_count"]) for r in fresh.collect()}
